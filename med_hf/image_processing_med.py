@@ -1,0 +1,776 @@
+"""Pre- and post-processing for MEDFE inpainting of real photos of any size and format.
+
+The network sees RGB in [0, 1] at a small working size whose sides are multiples of 64. Users bring photos of
+any size, mode and bit depth and expect them back with exactly the input's size and every pixel outside the
+(dilated) mask bit-identical. This module bridges the two:
+
+- :func:`normalize_image` turns a PIL / numpy / torch image into a :class:`NormalizedImage`: the float RGB the
+  network needs plus the untouched input pixels needed to rebuild the output in the input's own format.
+- :func:`prepare_mask` turns a mask of any mode or dtype into a boolean hole map; :func:`dilate_mask`
+  grows it.
+- :func:`mask_crop_boxes`, :func:`network_size`, :func:`resize_image` and :func:`resize_mask` cut large photos
+  into crops around the holes and scale them to and from the network's size.
+- :func:`composite` pastes the prediction into the original pixels and :func:`convert_output` returns the
+  result as PIL, numpy or torch.
+- :func:`check_image_size` and :func:`load_image` guard against images too large to process and against
+  unreadable files.
+
+:class:`MEDImageProcessor` bundles the settings for a pipeline. This file depends only on numpy, PIL, scipy
+and torch and imports nothing else from ``med_hf``: it is also shipped flat next to the weights as remote
+code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from scipy import ndimage
+
+ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
+OutputType = Literal["pil", "np", "pt", "input"]
+
+DEFAULT_MAX_PIXELS = 64_000_000
+DEFAULT_WORKING_SIZE = 256
+DEFAULT_CROP_MARGIN = 128
+SIZE_MULTIPLE = 64
+# Grey levels above this (8-bit scale) are holes, so 128 and up is a hole and 127 is not.
+MASK_THRESHOLD = 127
+
+_EXIF_ORIENTATION = 0x0112
+# ITU-R 601-2 luma, the weights of PIL's convert("L").
+_LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+# Modes whose pixels are kept as they are, paired with the numpy dtype PIL uses for their raw bytes.
+_HIGH_DEPTH_MODES = {"I;16": "<u2", "I;16L": "<u2", "I;16B": ">u2", "I;16N": "=u2", "I": "=i4", "F": "=f4"}
+_KEPT_MODES = {"L", "LA", "RGB", "RGBA", *_HIGH_DEPTH_MODES}
+# Modes the network cannot use directly are converted once, on input; any other mode becomes RGB.
+_CONVERTED_MODES = {"1": "L", "La": "LA", "RGBa": "RGBA", "PA": "RGBA"}
+_MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+# A Gaussian is close enough to zero three sigmas out that the feather can stop there.
+_FEATHER_SIGMAS = 3.0
+# Worst case (16-bit RGBA) peak bytes per pixel: input and output pixels (2 x 8), float32 working RGB (12),
+# full-size float32 prediction (12), masks (2) and the float64 temporaries of a feathered composite (48).
+_BYTES_PER_PIXEL = 90
+
+
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the configured limit or than PIL's decompression-bomb limit."""
+
+
+class ImageLoadError(ValueError):
+    """A file is not an image, or is corrupt or truncated so that it cannot be decoded."""
+
+
+@dataclass(frozen=True)
+class NormalizedImage:
+    """An input image in the network's working representation plus what is needed to give it back.
+
+    Attributes:
+        rgb (`np.ndarray`):
+            float32 array of shape (H, W, 3) in [0, 1], what the network sees. Values are on the same scale
+            an 8-bit image has (value / 255 for 8-bit, value / 65535 for 16-bit input, not quantised);
+            greyscale is repeated over the three channels and alpha is left out.
+        pixels (`np.ndarray`):
+            The input's own pixels, shape (H, W, C), in its own dtype: uint8, uint16 (either byte order),
+            int32 (PIL mode "I", read as 16-bit data) or float in [0, 1]. C is 1 (grey), 2 (grey + alpha),
+            3 (RGB) or 4 (RGBA); alpha is always last. Never modified.
+        mode (`str`):
+            PIL mode of the `"pil"` output: the input's own mode for L, LA, RGB, RGBA, I;16 (any byte
+            order), I and F; L for 1-bit, RGB or RGBA for palette and other colour modes; for arrays the mode
+            matching the channels (I;16 for 16-bit greyscale, 8-bit otherwise).
+        input_type (`str`):
+            `"pil"`, `"np"` or `"pt"`: what `output_type="input"` gives back.
+        squeezed (`bool`):
+            Whether the input array had no channel axis, shape (H, W); `output_type="input"` drops it again.
+    """
+
+    rgb: np.ndarray
+    pixels: np.ndarray
+    mode: str
+    input_type: Literal["pil", "np", "pt"]
+    squeezed: bool = False
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), the convention of PIL's `Image.size`."""
+        return self.pixels.shape[1], self.pixels.shape[0]
+
+    @property
+    def is_grayscale(self) -> bool:
+        return self.pixels.shape[-1] in (1, 2)
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.pixels.shape[-1] in (2, 4)
+
+
+class CropBox(NamedTuple):
+    """A half-open pixel box (left, top, right, bottom), the convention of PIL's `Image.crop`."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+    @property
+    def width(self) -> int:
+        return self.right - self.left
+
+    @property
+    def height(self) -> int:
+        return self.bottom - self.top
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        """(rows, columns) slices that cut this box out of an (H, W, ...) array."""
+        return slice(self.top, self.bottom), slice(self.left, self.right)
+
+
+# --- memory guard and file loading ---------------------------------------------------------------------
+
+
+def estimate_memory_bytes(width: int, height: int) -> int:
+    """Worst-case peak memory in bytes that processing a `width` x `height` image here needs."""
+    return width * height * _BYTES_PER_PIXEL
+
+
+def check_image_size(width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+    """Raise `ImageTooLargeError` if a `width` x `height` image has more than `max_pixels` pixels.
+
+    `max_pixels=None` disables the check.
+    """
+    if max_pixels is None or width * height <= max_pixels:
+        return
+    raise ImageTooLargeError(
+        f"Image of {width}x{height} pixels ({width * height / 1e6:.1f} MP) exceeds the limit of "
+        f"{max_pixels / 1e6:.1f} MP; processing it would need about "
+        f"{estimate_memory_bytes(width, height) / 2**30:.1f} GiB of memory. Downscale it first, or raise "
+        "`max_pixels` if this machine has the memory."
+    )
+
+
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open an image file, decode it fully and apply its EXIF orientation.
+
+    The size is checked against `max_pixels` from the header, before any pixel is decoded. Decoding happens
+    here so that a corrupt or truncated file fails now, with its name, rather than later inside the pipeline.
+
+    Returns:
+        `PIL.Image.Image` in the file's own mode, upright, detached from the file.
+
+    Raises:
+        `FileNotFoundError`: no such file.
+        `ImageLoadError`: the file is not an image PIL can read, or cannot be decoded.
+        `ImageTooLargeError`: the image exceeds `max_pixels` or PIL's decompression-bomb limit.
+    """
+    try:
+        image = Image.open(path)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLargeError(
+            f"{os.fspath(path)}: PIL refused to open it as a possible decompression bomb ({err}). If the "
+            "image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS."
+        ) from err
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{os.fspath(path)} is not an image file PIL can read.") from err
+    with image:
+        try:
+            check_image_size(*image.size, max_pixels=max_pixels)
+        except ImageTooLargeError as err:
+            raise ImageTooLargeError(f"{os.fspath(path)}: {err}") from None
+        try:
+            image.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as err:
+            raise ImageLoadError(f"Could not decode {os.fspath(path)} (corrupt or truncated?): {err}") from err
+        # exif_transpose always returns a new image, which survives the file being closed.
+        return ImageOps.exif_transpose(image)
+
+
+def _apply_exif_orientation(image: Image.Image) -> Image.Image:
+    # Checking the tag first avoids exif_transpose's copy of the (usually upright) image.
+    if image.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
+# --- input images ----------------------------------------------------------------------------------------
+
+
+def normalize_image(image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> NormalizedImage:
+    """Turn one input image into the network's working representation, keeping its own pixels.
+
+    Args:
+        image: a PIL image of any mode (EXIF orientation applied), a file path (read with `load_image`), a
+            numpy array (H, W) or (H, W, C) or a torch tensor (H, W) or (C, H, W), with C in 1..4 (grey,
+            grey + alpha, RGB, RGBA) and dtype uint8, uint16 or float in [0, 1].
+        max_pixels: size limit, see `check_image_size`.
+
+    Returns:
+        `NormalizedImage`.
+    """
+    if isinstance(image, str | os.PathLike):
+        image = load_image(image, max_pixels=max_pixels)
+    if isinstance(image, Image.Image):
+        check_image_size(*image.size, max_pixels=max_pixels)
+        pixels, mode = _pil_to_pixels(image)
+        input_type, squeezed = "pil", False
+    elif isinstance(image, np.ndarray | torch.Tensor):
+        input_type = "pt" if isinstance(image, torch.Tensor) else "np"
+        array = _tensor_to_hwc(image) if input_type == "pt" else image
+        squeezed = array.ndim == 2
+        pixels = _validate_pixel_array(array)
+        check_image_size(pixels.shape[1], pixels.shape[0], max_pixels=max_pixels)
+        mode = "I;16" if _is_uint16(pixels.dtype) and pixels.shape[-1] == 1 else _mode_for(pixels)
+    else:
+        raise TypeError(f"Expected a PIL image, numpy array, torch tensor or path, got {type(image).__name__}.")
+    return NormalizedImage(
+        rgb=_pixels_to_rgb(pixels), pixels=pixels, mode=mode, input_type=input_type, squeezed=squeezed
+    )
+
+
+def _pil_to_pixels(image: Image.Image) -> tuple[np.ndarray, str]:
+    image = _apply_exif_orientation(image)
+    if image.mode in _KEPT_MODES:
+        mode = image.mode
+    elif image.mode == "P":
+        mode = "RGBA" if image.has_transparency_data else "RGB"
+    else:
+        mode = _CONVERTED_MODES.get(image.mode, "RGB")
+    if mode != image.mode:
+        try:
+            image = image.convert(mode)
+        except ValueError as err:
+            raise ValueError(f"Unsupported image mode {image.mode!r}: PIL cannot convert it to {mode}.") from err
+    pixels = np.asarray(image)
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if mode == "F":
+        _check_unit_range(pixels, "Mode F images")
+    return pixels, mode
+
+
+def _tensor_to_hwc(tensor: torch.Tensor) -> np.ndarray:
+    """(H, W) or (C, H, W) tensor -> (H, W) or (H, W, C) numpy array."""
+    if tensor.ndim not in (2, 3) or (tensor.ndim == 3 and tensor.shape[0] > 4):
+        raise ValueError(
+            f"Expected a tensor of shape (H, W) or (C, H, W) with C <= 4, got {tuple(tensor.shape)}; pass "
+            "batches as a list of images."
+        )
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
+    return tensor.permute(1, 2, 0).numpy() if tensor.ndim == 3 else tensor.numpy()
+
+
+def _validate_pixel_array(array: np.ndarray) -> np.ndarray:
+    """Check an image array's shape, dtype and range; returns it as (H, W, C) without copying."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(
+            f"Expected an image array of shape (H, W) or (H, W, C) with C in 1..4, got {array.shape}; pass "
+            "batches as a list of images."
+        )
+    if np.issubdtype(array.dtype, np.floating):
+        _check_unit_range(array, "Float images")
+    elif array.dtype != np.uint8 and not _is_uint16(array.dtype):
+        raise TypeError(f"Image arrays must be uint8, uint16 or float in [0, 1], got {array.dtype}.")
+    return array
+
+
+def _check_unit_range(array: np.ndarray, what: str) -> None:
+    if array.size and not (np.isfinite(array).all() and array.min() >= 0 and array.max() <= 1):
+        raise ValueError(f"{what} must hold finite values in [0, 1], got [{array.min()}, {array.max()}].")
+
+
+def _is_uint16(dtype: np.dtype) -> bool:
+    # Either byte order: big-endian uint16 (PIL's "I;16B") does not compare equal to np.uint16.
+    return dtype.kind == "u" and dtype.itemsize == 2
+
+
+def _mode_for(pixels: np.ndarray) -> str:
+    return _MODES_BY_CHANNELS[pixels.shape[-1]]
+
+
+def _max_value(dtype: np.dtype) -> float:
+    """Full intensity for `dtype`; PIL's 32-bit mode "I" counts as 16-bit, what it holds in practice."""
+    if np.issubdtype(dtype, np.floating):
+        return 1.0
+    return 255.0 if dtype == np.uint8 else 65535.0
+
+
+def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in their own dtype -> float32 in [0, 1], same shape."""
+    return np.clip(pixels.astype(np.float32) / np.float32(_max_value(pixels.dtype)), 0, 1)
+
+
+def _pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
+    color = _to_unit_float(pixels[..., :3] if pixels.shape[-1] >= 3 else pixels[..., :1])
+    return np.repeat(color, 3, axis=-1) if color.shape[-1] == 1 else color
+
+
+# --- masks -----------------------------------------------------------------------------------------------
+
+
+def prepare_mask(
+    mask: ImageInput,
+    image_size: tuple[int, int] | None = None,
+    dilation: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Turn a mask of any mode or dtype into a boolean hole map.
+
+    White is a hole. PIL masks of any mode are converted to greyscale the way PIL's `convert("L")` does and
+    are holes above 127; 16-bit ones above 127 * 257. Masks with an alpha channel (or palette / colour-key
+    transparency) are composited over black first, so transparent pixels are not holes. Arrays and tensors:
+    bool; uint8 (or other integers) on the 0..255 scale, uint16 on the 0..65535 scale; float in [0, 1], a hole
+    above 0.5. Colour arrays (H, W, C) must be uint8 and go through the PIL conversion; tensors are (H, W) or
+    (C, H, W). EXIF orientation is applied like for images.
+
+    Args:
+        mask: the mask, or a file path (read with `load_image`).
+        image_size: (width, height) the mask must have, normally the image's `NormalizedImage.size`.
+        dilation: radius in pixels of the disk the holes are grown by (see `dilate_mask`).
+        max_pixels: size limit for masks read from a file, see `check_image_size`.
+
+    Returns:
+        bool array of shape (H, W), True on holes.
+
+    Raises:
+        `ValueError`: the size differs from `image_size`, or the values are ambiguous or out of range.
+    """
+    if isinstance(mask, str | os.PathLike):
+        mask = load_image(mask, max_pixels=max_pixels)
+    if isinstance(mask, Image.Image):
+        holes = _pil_mask_to_bool(mask)
+    elif isinstance(mask, np.ndarray | torch.Tensor):
+        holes = _array_mask_to_bool(_tensor_to_hwc(mask) if isinstance(mask, torch.Tensor) else mask)
+    else:
+        raise TypeError(f"Expected a PIL image, numpy array, torch tensor or path, got {type(mask).__name__}.")
+    mask_size = (holes.shape[1], holes.shape[0])
+    if image_size is not None and mask_size != tuple(image_size):
+        raise ValueError(
+            f"Mask size {mask_size[0]}x{mask_size[1]} does not match image size "
+            f"{image_size[0]}x{image_size[1]} (width x height)."
+        )
+    return dilate_mask(holes, dilation) if dilation > 0 else holes
+
+
+def _pil_mask_to_bool(mask: Image.Image) -> np.ndarray:
+    mask = _apply_exif_orientation(mask)
+    if mask.mode in _HIGH_DEPTH_MODES:
+        values = np.asarray(mask)
+        return _binarize(values, 1.0 if mask.mode == "F" else 65535.0)
+    if mask.has_transparency_data:
+        # Transparent pixels are "not drawn on", whatever colour they hold: composite them over black.
+        mask = Image.alpha_composite(Image.new("RGBA", mask.size, (0, 0, 0, 255)), mask.convert("RGBA"))
+    return _binarize(np.asarray(mask.convert("L")), 255.0)
+
+
+def _array_mask_to_bool(mask: np.ndarray) -> np.ndarray:
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.ndim == 3:
+        if mask.dtype != np.uint8 or mask.shape[-1] not in (2, 3, 4):
+            raise ValueError(
+                f"Colour mask arrays must be uint8 with 2 to 4 channels, got {mask.dtype} {mask.shape}; pass "
+                "a single-channel mask instead."
+            )
+        return _pil_mask_to_bool(Image.fromarray(mask))
+    if mask.ndim != 2:
+        raise ValueError(f"Expected a mask of shape (H, W) or (H, W, C), got {mask.shape}.")
+    return _binarize(mask, 65535.0 if _is_uint16(mask.dtype) else 255.0)
+
+
+def _binarize(values: np.ndarray, max_value: float) -> np.ndarray:
+    """Threshold a single-channel mask whose full white is `max_value`; bool is copied as it is."""
+    if values.dtype == bool:
+        return values.copy()  # never hand back (a view of) the caller's own array
+    if np.issubdtype(values.dtype, np.floating):
+        _check_unit_range(values, "Float masks")
+        return values > 0.5
+    if not np.issubdtype(values.dtype, np.integer):
+        raise TypeError(f"Masks must be bool, integer or float, got {values.dtype}.")
+    if values.size and (values.min() < 0 or values.max() > max_value):
+        raise ValueError(f"Integer mask values must lie in [0, {max_value:.0f}], got [{values.min()}, {values.max()}].")
+    if values.size and values.max() == 1:
+        # On the 0..255 scale a 0/1 mask has no hole at all, which is never what was meant.
+        raise ValueError(
+            f"Integer mask holds only 0 and 1, which on its 0..{max_value:.0f} scale means no hole at all; "
+            "pass `mask.astype(bool)`, or scale it so that holes are white."
+        )
+    return values > MASK_THRESHOLD * (max_value / 255)
+
+
+def dilate_mask(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Grow the holes by a disk of `radius` pixels (elliptical structuring element, like IOPaint's).
+
+    A pixel becomes a hole when a hole pixel lies within Euclidean distance `radius` of it.
+
+    Args:
+        mask: bool (H, W), True on holes.
+        radius: disk radius in pixels; 0 returns a copy.
+
+    Returns:
+        bool (H, W).
+    """
+    if radius < 0:
+        raise ValueError(f"Dilation radius must be >= 0, got {radius}.")
+    grown = mask.copy()
+    region = _hole_region(mask, math.ceil(radius))
+    if region is not None and radius > 0:
+        # A distance transform costs the same for any radius, unlike a morphological dilation.
+        grown[region] = ndimage.distance_transform_edt(~mask[region]) <= radius
+    return grown
+
+
+def _hole_region(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
+    """Slices of the holes' bounding box grown by `pad` (clipped to the image), None without holes.
+
+    Work that only reaches `pad` pixels from the holes is done inside it, not over the whole photo.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (
+        slice(max(rows[0] - pad, 0), rows[-1] + pad + 1),
+        slice(max(cols[0] - pad, 0), cols[-1] + pad + 1),
+    )
+
+
+# --- crops and resizing for high-resolution photos -------------------------------------------------------
+
+
+def mask_crop_boxes(
+    mask: np.ndarray, margin: int = DEFAULT_CROP_MARGIN, min_size: int = DEFAULT_WORKING_SIZE
+) -> list[CropBox]:
+    """Boxes to inpaint a large photo crop by crop, one around each group of nearby holes.
+
+    Each connected hole region (8-connected) gets its bounding box grown by `margin` pixels of context.
+    Boxes are clipped to the image, boxes that overlap or touch are merged, and each box is grown around its
+    centre to a square with sides of at least `min_size`, as far as the image allows. Every hole pixel, and
+    every pixel within `margin` of it (per axis), lies in exactly one box, so `margin` should be at least the
+    `blur` later given to `composite`.
+
+    Args:
+        mask: bool (H, W), True on holes.
+        margin: context in pixels around each hole region.
+        min_size: smallest box side, normally the network's working size.
+
+    Returns:
+        list of non-overlapping `CropBox`, sorted; empty without holes.
+    """
+    height, width = mask.shape
+    labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    boxes = [
+        CropBox(
+            max(cols.start - margin, 0),
+            max(rows.start - margin, 0),
+            min(cols.stop + margin, width),
+            min(rows.stop + margin, height),
+        )
+        for rows, cols in ndimage.find_objects(labels)
+    ]
+    # Growing can make boxes touch again, and merging can make them oblong again: repeat until stable.
+    while True:
+        boxes = _merge_touching(boxes)
+        grown = [_grow_to_square(box, min_size, width, height) for box in boxes]
+        if grown == boxes:
+            return boxes
+        boxes = grown
+
+
+def _touching(a: CropBox, b: CropBox) -> bool:
+    return a.left <= b.right and b.left <= a.right and a.top <= b.bottom and b.top <= a.bottom
+
+
+def _merge_touching(boxes: list[CropBox]) -> list[CropBox]:
+    pending = sorted(boxes)
+    merged: list[CropBox] = []  # pairwise non-touching
+    while pending:
+        box = pending.pop()
+        touching = [other for other in merged if _touching(box, other)]
+        if not touching:
+            merged.append(box)
+            continue
+        group = [box, *touching]
+        merged = [other for other in merged if other not in touching]
+        # The union may now touch boxes that neither part touched, so it is checked again.
+        pending.append(
+            CropBox(
+                min(b.left for b in group),
+                min(b.top for b in group),
+                max(b.right for b in group),
+                max(b.bottom for b in group),
+            )
+        )
+    return sorted(merged)
+
+
+def _grow_to_square(box: CropBox, min_size: int, width: int, height: int) -> CropBox:
+    side = max(box.width, box.height, min_size)
+    left, right = _grow_span(box.left, box.right, min(side, width), width)
+    top, bottom = _grow_span(box.top, box.bottom, min(side, height), height)
+    return CropBox(left, top, right, bottom)
+
+
+def _grow_span(start: int, stop: int, length: int, limit: int) -> tuple[int, int]:
+    """Grow [start, stop) around its centre to `length`, shifted to stay within [0, limit)."""
+    start = min(max(start - (length - (stop - start)) // 2, 0), limit - length)
+    return start, start + length
+
+
+def network_size(
+    width: int, height: int, working_size: int = DEFAULT_WORKING_SIZE, multiple: int = SIZE_MULTIPLE
+) -> tuple[int, int]:
+    """The (width, height) to feed the network a `width` x `height` crop at.
+
+    The longer side is scaled to `working_size` (up or down) and both sides are rounded to the nearest
+    multiple of `multiple` (at least one multiple), which the network's down-sampling needs.
+    """
+    scale = working_size / max(width, height)
+    new_width, new_height = (max(multiple, round(side * scale / multiple) * multiple) for side in (width, height))
+    return new_width, new_height
+
+
+def resize_image(
+    image: np.ndarray,
+    size: tuple[int, int],
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
+) -> np.ndarray:
+    """Resize a float image to `size` = (width, height) with PIL, keeping float precision.
+
+    Args:
+        image: float array (H, W, C) in [0, 1].
+        size: target (width, height).
+        resample: PIL filter, e.g. LANCZOS or BICUBIC.
+
+    Returns:
+        float32 array (height, width, C) in [0, 1] (the filters' overshoot is clipped).
+    """
+    # PIL resizes float data only as single-channel mode "F" images, so each channel goes on its own.
+    channels = [
+        np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c], dtype=np.float32)).resize(size, resample))
+        for c in range(image.shape[-1])
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0, 1)
+
+
+def resize_mask(
+    mask: np.ndarray,
+    size: tuple[int, int],
+    method: Literal["area", "nearest"] = "area",
+    threshold: float = 0.0,
+) -> np.ndarray:
+    """Resize a boolean hole map to `size` = (width, height).
+
+    Args:
+        mask: bool (H, W), True on holes.
+        size: target (width, height).
+        method: `"area"` averages the hole coverage of each target pixel and keeps those above `threshold`;
+            the default threshold 0 marks every pixel that touches a hole, so shrinking loses no hole pixel.
+            `"nearest"` samples the nearest source pixel.
+        threshold: coverage fraction in [0, 1) for `"area"`.
+
+    Returns:
+        bool (height, width).
+    """
+    if method == "nearest":
+        return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
+    if method == "area":
+        coverage = Image.fromarray(mask.astype(np.float32)).resize(size, Image.Resampling.BOX)
+        return np.asarray(coverage) > threshold
+    raise ValueError(f"Unknown mask resize method {method!r}; use 'area' or 'nearest'.")
+
+
+# --- compositing and output ------------------------------------------------------------------------------
+
+
+def composite(original: np.ndarray, prediction: np.ndarray, mask: np.ndarray, blur: float = 0) -> np.ndarray:
+    """Paste the network's prediction into the original pixels.
+
+    Outside the mask the result is the original, bit for bit: those pixels are taken from `original` as they
+    are, never through a float round trip. Inside it the prediction is converted to the original's own format:
+    rounded and clipped for integers (16-bit and mode "I" on the 0..65535 scale, i.e. 8-bit values times 257),
+    reduced to ITU-R 601-2 luma for greyscale like PIL's `convert("L")`. An alpha channel is always kept from
+    `original`, inside the mask too.
+
+    With `blur > 0` the prediction also blends into the surroundings: pixels up to `blur` pixels (rounded up)
+    from the mask, per axis, so within a square of that half-width, then change as well, weighted by a
+    Gaussian feather (sigma = blur / 3) that falls from 1 at the mask edge to 0 at that distance. Hole pixels
+    always take the full prediction, so nothing of what was masked shows through.
+
+    Args:
+        original: `NormalizedImage.pixels`, shape (H, W, C) (or (H, W)), in its own dtype.
+        prediction: float array (H, W, 3) in [0, 1]; only read inside the mask and the feather band.
+        mask: bool (H, W), True on holes (already dilated if wanted).
+        blur: feather width in pixels.
+
+    Returns:
+        array of the shape and dtype of `original`.
+    """
+    if blur < 0:
+        raise ValueError(f"blur must be >= 0, got {blur}.")
+    height, width = mask.shape
+    if original.shape[:2] != (height, width) or prediction.shape != (height, width, 3):
+        raise ValueError(
+            f"Shapes do not match: original {original.shape}, prediction {prediction.shape} (expected "
+            f"({height}, {width}, 3)), mask {mask.shape}."
+        )
+    result = original.copy()
+    region = _hole_region(mask, math.ceil(blur))
+    if region is None:
+        return result
+    pixels = result if result.ndim == 3 else result[..., None]
+    color_channels = 1 if pixels.shape[-1] in (1, 2) else 3
+    target = region + (slice(0, color_channels),)
+    color = pixels[target]
+    predicted = prediction[region].astype(np.float64)
+    if color_channels == 1:
+        predicted = (predicted @ _LUMA_WEIGHTS)[..., None]
+    predicted *= _max_value(color.dtype)
+    if blur > 0:
+        weight = _feather(mask[region], blur)[..., None]
+        blended = color * (1 - weight) + predicted * weight
+        pixels[target] = np.where(weight > 0, _from_float(blended, color.dtype), color)
+    else:
+        pixels[target] = np.where(mask[region][..., None], _from_float(predicted, color.dtype), color)
+    return result
+
+
+def _feather(mask: np.ndarray, blur: float) -> np.ndarray:
+    """Blend weights in [0, 1] of the prediction: 1 on holes, fading to exactly 0 at `blur` pixels out."""
+    smooth = ndimage.gaussian_filter(mask.astype(np.float64), blur / _FEATHER_SIGMAS, radius=math.ceil(blur))
+    # Doubling brings the weight to about 1 at the mask edge, so the feather fades outwards from there
+    # instead of letting the original show through inside the hole.
+    return np.maximum(mask, np.minimum(2 * smooth, 1))
+
+
+def _from_float(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values on `dtype`'s own scale (0..255, 0..65535 or 0..1) as float -> `dtype`, rounded and clipped."""
+    if np.issubdtype(dtype, np.floating):
+        return np.clip(values, 0, 1).astype(dtype)
+    return np.clip(np.rint(values), 0, _max_value(dtype)).astype(dtype)
+
+
+def convert_output(
+    pixels: np.ndarray, reference: NormalizedImage, output_type: OutputType = "pil"
+) -> Image.Image | np.ndarray | torch.Tensor:
+    """Return composited pixels in the caller's format.
+
+    Args:
+        pixels: array shaped and typed like `reference.pixels`, e.g. the result of `composite`.
+        reference: the `NormalizedImage` of the input the pixels belong to.
+        output_type:
+            - `"pil"`: PIL image of mode `reference.mode` (L, LA, RGB, RGBA, I;16 (any byte order), I or F).
+              16-bit colour and float arrays become 8-bit, PIL having no such modes.
+            - `"np"`: float32 array (H, W, C) in [0, 1], like diffusers' `output_type="np"`.
+            - `"pt"`: float32 tensor (C, H, W) in [0, 1].
+            - `"input"`: the input's own type, dtype and layout: PIL as for `"pil"`, numpy and torch arrays
+              with the input's dtype and shape (bfloat16 tensors come back as float32).
+
+    Returns:
+        the image; its size is always the input's.
+    """
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape != reference.pixels.shape or pixels.dtype != reference.pixels.dtype:
+        raise ValueError(
+            f"Pixels {pixels.shape} {pixels.dtype} do not match the input's "
+            f"{reference.pixels.shape} {reference.pixels.dtype}."
+        )
+    if output_type == "input":
+        if reference.input_type == "pil":
+            return _pixels_to_pil(pixels, reference.mode)
+        native = pixels[..., 0] if reference.squeezed else pixels
+        if reference.input_type == "np":
+            return native
+        tensor = torch.from_numpy(np.ascontiguousarray(native))
+        return tensor if reference.squeezed else tensor.permute(2, 0, 1).contiguous()
+    if output_type == "pil":
+        return _pixels_to_pil(pixels, reference.mode)
+    if output_type == "np":
+        return _to_unit_float(pixels)
+    if output_type == "pt":
+        return torch.from_numpy(_to_unit_float(pixels).transpose(2, 0, 1).copy())
+    raise ValueError(f"Unknown output_type {output_type!r}; use 'pil', 'np', 'pt' or 'input'.")
+
+
+def _pixels_to_pil(pixels: np.ndarray, mode: str) -> Image.Image:
+    height, width = pixels.shape[:2]
+    if mode in _HIGH_DEPTH_MODES:
+        # Image.fromarray cannot build every byte order, frombytes with the mode's own layout can.
+        raw = np.ascontiguousarray(pixels[..., 0], dtype=_HIGH_DEPTH_MODES[mode])
+        return Image.frombytes(mode, (width, height), raw.tobytes())
+    if pixels.dtype != np.uint8:
+        pixels = np.rint(_to_unit_float(pixels) * 255).astype(np.uint8)
+    return Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
+# --- settings bundle -------------------------------------------------------------------------------------
+
+
+@dataclass
+class MEDImageProcessor:
+    """Pre- and post-processing settings of the MEDFE inpainting pipeline, in the spirit of diffusers'
+    `VaeImageProcessor`, for photos of any size.
+
+    A pipeline call goes: `preprocess` the image and `preprocess_mask` the mask, then for each box of
+    `crop_boxes` run the network on `crop_for_network` and bring its output back with `uncrop_prediction` into
+    a full-size prediction (best started from `image.rgb`), then `composite` and `postprocess`.
+
+    Args:
+        working_size: side the network works at; crops are scaled so their longer side has it.
+        size_multiple: the network needs both sides to be multiples of this.
+        crop_margin: context in pixels kept around each hole region.
+        max_pixels: largest image accepted, `None` for no limit.
+        resample: PIL filter for images.
+        mask_resize: `"area"` or `"nearest"`, see `resize_mask`.
+    """
+
+    working_size: int = DEFAULT_WORKING_SIZE
+    size_multiple: int = SIZE_MULTIPLE
+    crop_margin: int = DEFAULT_CROP_MARGIN
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    resample: Image.Resampling = Image.Resampling.LANCZOS
+    mask_resize: Literal["area", "nearest"] = "area"
+
+    def preprocess(self, image: ImageInput) -> NormalizedImage:
+        """See `normalize_image`."""
+        return normalize_image(image, max_pixels=self.max_pixels)
+
+    def preprocess_mask(self, mask: ImageInput, image: NormalizedImage, dilation: int = 0) -> np.ndarray:
+        """Bool (H, W) hole map checked against `image`'s size, see `prepare_mask`."""
+        return prepare_mask(mask, image_size=image.size, dilation=dilation, max_pixels=self.max_pixels)
+
+    def crop_boxes(self, mask: np.ndarray) -> list[CropBox]:
+        """See `mask_crop_boxes`."""
+        return mask_crop_boxes(mask, margin=self.crop_margin, min_size=self.working_size)
+
+    def crop_for_network(self, image: NormalizedImage, mask: np.ndarray, box: CropBox) -> tuple[np.ndarray, np.ndarray]:
+        """Cut `box` out of the working RGB and the mask, scaled to the network's size.
+
+        Returns:
+            float32 RGB (h, w, 3) in [0, 1] and bool mask (h, w), with (w, h) from `network_size`.
+        """
+        size = network_size(box.width, box.height, self.working_size, self.size_multiple)
+        rows, cols = box.slices
+        return (
+            resize_image(image.rgb[rows, cols], size, self.resample),
+            resize_mask(mask[rows, cols], size, self.mask_resize),
+        )
+
+    def uncrop_prediction(self, prediction: np.ndarray, box: CropBox) -> np.ndarray:
+        """Scale the network's float (h, w, 3) output in [0, 1] back to float32 (box.height, box.width, 3)."""
+        return resize_image(prediction, (box.width, box.height), self.resample)
+
+    def postprocess(
+        self, pixels: np.ndarray, image: NormalizedImage, output_type: OutputType = "pil"
+    ) -> Image.Image | np.ndarray | torch.Tensor:
+        """See `convert_output`."""
+        return convert_output(pixels, image, output_type)

@@ -1,0 +1,326 @@
+"""Evaluate inpainting models against the classical OpenCV baselines with the project's protocol.
+
+The protocol (image preprocessing, one mask per image and hole-ratio bucket, composite, PSNR / SSIM / L1) is
+implemented in :mod:`med_hf.evaluation`. Run from the repository root with the project installed
+(``pip install -e ".[train]"``), the data beside the checkout in ``../shared/data``:
+
+    # The classical baselines only (reproduces the reference table of the protocol):
+    python training/evaluate.py \\
+        --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \\
+        --output_dir outputs/evaluation/baselines
+
+    # One or more models (a local folder or a Hub repo id, optionally named NAME=PATH):
+    python training/evaluate.py \\
+        --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \\
+        --model medfe=outputs/medfe-bsds --output_dir outputs/evaluation/medfe --save_images 8
+
+Outputs in ``--output_dir``: ``report.json`` (everything), ``report.md`` (the Markdown table, ready for the
+README), ``metrics.png`` (metrics against hole ratio) and, with ``--save_images``, ``examples.png``. Every
+file is written to a temporary file first and renamed, so an interrupted run never leaves a half-written one.
+
+FID and LPIPS need network weights that are never downloaded: pass local TorchScript files with
+``--fid_extractor`` ((B, 3, 299, 299) in [0, 1] -> (B, 2048) features) and ``--lpips_model`` (two
+(B, 3, H, W) batches in [-1, 1] -> B distances).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import skimage
+import torch
+from matplotlib.figure import Figure
+
+from med_hf.evaluation import (
+    BEATS_METRICS,
+    CLASSICAL_BASELINES,
+    DISPLAY_NAMES,
+    NUM_BUCKETS,
+    InpaintFn,
+    bucket_label,
+    bucket_metric,
+    composite,
+    evaluate_methods,
+    list_images,
+    load_image,
+    load_mask,
+    load_torchscript,
+    markdown_table,
+    mask_path,
+    masked_input,
+    model_inpaint_fn,
+)
+
+METRIC_TITLES = {
+    "psnr": "PSNR (dB, higher is better)",
+    "ssim": "SSIM (higher is better)",
+    "l1": "L1 error (%, lower is better)",
+    "lpips": "LPIPS (lower is better)",
+    "fid": "FID (lower is better)",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--val_dir", type=Path, required=True, help="Folder of validation images.")
+    parser.add_argument(
+        "--mask_dir",
+        type=Path,
+        required=True,
+        help="Folder of the irregular test masks 00000.png … 11999.png.",
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH_OR_REPO",
+        help="Model folder or Hub repo id to evaluate; repeatable. Omit to evaluate the baselines only.",
+    )
+    parser.add_argument(
+        "--baselines",
+        default="telea,ns",
+        help=f"Comma-separated classical baselines among {sorted(CLASSICAL_BASELINES)}, or 'none'.",
+    )
+    parser.add_argument(
+        "--buckets",
+        type=int,
+        nargs="+",
+        choices=range(NUM_BUCKETS),
+        default=list(range(NUM_BUCKETS)),
+        help="Hole-ratio buckets (0 = 0-10 %% holes … 5 = 50-60 %%).",
+    )
+    parser.add_argument("--max_images", type=int, default=None, help="Evaluate only the first N images.")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/evaluation"))
+    parser.add_argument("--batch_size", type=int, default=8, help="Images per model forward pass.")
+    parser.add_argument("--device", default=None, help="Device for the networks (default: cuda if available).")
+    parser.add_argument("--fid_extractor", type=Path, default=None, help="TorchScript FID feature extractor.")
+    parser.add_argument("--lpips_model", type=Path, default=None, help="TorchScript LPIPS network.")
+    parser.add_argument(
+        "--save_images",
+        type=int,
+        default=0,
+        metavar="N",
+        help="Save a comparison grid of the first N images.",
+    )
+    parser.add_argument(
+        "--image_bucket",
+        type=int,
+        choices=range(NUM_BUCKETS),
+        default=3,
+        help="Bucket of the comparison grid.",
+    )
+    args = parser.parse_args(argv)
+
+    baselines = [] if args.baselines.strip().lower() == "none" else args.baselines.split(",")
+    args.baselines = [name.strip() for name in baselines if name.strip()]
+    unknown = sorted(set(args.baselines) - set(CLASSICAL_BASELINES))
+    if unknown:
+        parser.error(f"unknown baseline(s) {unknown}; choose among {sorted(CLASSICAL_BASELINES)} or 'none'.")
+    models = [parse_model_spec(spec) for spec in args.model]
+    args.model = dict(models)
+    if len(args.model) != len(models):
+        parser.error("two --model arguments have the same name; name them with NAME=PATH.")
+    clashes = sorted(set(args.model) & set(args.baselines))
+    if clashes:
+        parser.error(f"model name(s) {clashes} clash with baseline names; name them with NAME=PATH.")
+    if not args.model and not args.baselines:
+        parser.error("nothing to evaluate: give --model and/or --baselines.")
+    for name in ("val_dir", "mask_dir"):
+        if not getattr(args, name).is_dir():
+            parser.error(f"--{name} {str(getattr(args, name))!r} does not exist or is not a folder.")
+    if args.max_images is not None and args.max_images < 1:
+        parser.error("--max_images must be at least 1.")
+    return args
+
+
+def parse_model_spec(spec: str) -> tuple[str, str]:
+    """``"NAME=PATH"`` or ``"PATH"`` (named after its last path component) -> ``(name, path)``."""
+    name, sep, path = spec.partition("=")
+    # A path may contain "=", a name never contains a path separator.
+    if sep and name and "/" not in name and os.sep not in name:
+        return name, path
+    return Path(spec.rstrip("/")).name, spec
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def figure_png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_metrics(report: dict[str, Any]) -> Figure:
+    """One subplot per metric against the hole-ratio bucket, one line per method (baselines dashed)."""
+    metrics = [
+        metric
+        for metric in METRIC_TITLES
+        if metric in ("psnr", "ssim", "l1") or report["perceptual"][metric]["computed"]
+    ]
+    labels = [bucket["label"] for bucket in report["buckets"]]
+    figure = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
+    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics, strict=True):
+        for name, method in report["methods"].items():
+            values = [bucket_metric(bucket, metric) for bucket in method["buckets"]]
+            style = "--" if method["kind"] == "classical" else "-"
+            ax.plot(range(len(labels)), values, style, marker="o", label=DISPLAY_NAMES.get(name, (name,))[0])
+        ax.set_xticks(range(len(labels)), labels, rotation=30)
+        ax.set_xlabel("hole ratio (mask bucket)")
+        ax.set_title(METRIC_TITLES[metric])
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    figure.suptitle(f"{report['num_images']} images, protocol v{report['protocol']['version']}")
+    return figure
+
+
+def comparison_grid(methods: dict[str, InpaintFn], images: list[np.ndarray], mask_dir: Path, bucket: int) -> Figure:
+    """Rows of (input with the hole in white, each method's composite, ground truth) for ``images``."""
+    columns = ["input (hole in white)", *methods, "ground truth"]
+    figure = Figure(figsize=(2.6 * len(columns), 2.6 * len(images) + 0.4), layout="constrained")
+    axes = figure.subplots(len(images), len(columns), squeeze=False)
+    for index, (row, image) in enumerate(zip(axes, images, strict=True)):
+        hole = load_mask(mask_path(mask_dir, index, bucket))
+        tiles = [np.where(hole[..., None], np.uint8(255), image)]
+        tiles += [composite(image, fn(masked_input(image, hole), hole), hole) for fn in methods.values()]
+        tiles.append(image)
+        for ax, tile in zip(row, tiles, strict=True):
+            ax.imshow(tile)
+            ax.set_axis_off()
+    for ax, title in zip(axes[0], columns, strict=True):
+        ax.set_title(title, fontsize=10)
+    figure.suptitle(f"hole ratio {bucket_label(bucket)}")
+    return figure
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The table of the protocol's layout plus the verdict on each learned method and the FID/LPIPS status."""
+    lines = [
+        f"Evaluation protocol v{report['protocol']['version']} on {report['num_images']} images "
+        f"of `{report['data']['val_dir_name']}`.",
+        "",
+        markdown_table(report),
+        "",
+    ]
+    baselines = ", ".join(report["beats"]["baselines"])
+    for name, verdict in report["beats"]["methods"].items():
+        if verdict["beats_all"] is None:
+            lines.append(f"* `{name}`: {verdict['reason']}.")
+        elif verdict["beats_all"]:
+            lines.append(f"* `{name}` matches or beats {baselines} in PSNR and SSIM in every bucket.")
+        else:
+            lost = {(failure["metric"], failure["bucket"]) for failure in verdict["failures"]}
+            parts = []
+            for metric in BEATS_METRICS:
+                labels = [bucket["label"] for bucket in report["buckets"] if (metric, bucket["label"]) in lost]
+                if labels:
+                    parts.append(f"{metric.upper()} in {', '.join(labels)}")
+            lines.append(f"* `{name}` does NOT beat {baselines}: {'; '.join(parts)}.")
+    for metric, status in report["perceptual"].items():
+        if not status["computed"]:
+            lines.append(f"* {metric.upper()} not computed: {status['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def warn_perceptual_skipped(args: argparse.Namespace) -> None:
+    missing = [
+        f"{metric} (pass {flag})"
+        for metric, flag, value in (
+            ("FID", "--fid_extractor", args.fid_extractor),
+            ("LPIPS", "--lpips_model", args.lpips_model),
+        )
+        if value is None
+    ]
+    if missing:
+        bar = "!" * 100
+        print(
+            f"{bar}\nWARNING: {' and '.join(missing)} SKIPPED. Their network weights are never downloaded by "
+            "this script;\nexport them as TorchScript files and pass the local paths to compute them.\n"
+            f"{bar}",
+            file=sys.stderr,
+        )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    warn_perceptual_skipped(args)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    start = time.perf_counter()
+
+    try:
+        paths = list_images(args.val_dir)[: args.max_images]
+        # Fail before any work if a mask is missing, not after an hour of evaluation.
+        grid_buckets = [args.image_bucket] if args.save_images > 0 else []
+        for index in range(len(paths)):
+            for bucket in {*args.buckets, *grid_buckets}:
+                mask_path(args.mask_dir, index, bucket)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+    images = [load_image(path) for path in paths]
+
+    methods: dict[str, InpaintFn] = {name: CLASSICAL_BASELINES[name] for name in args.baselines}
+    for name, model in args.model.items():
+        methods[name] = model_inpaint_fn(model, batch_size=args.batch_size, device=device)
+    fid_extractor = load_torchscript(args.fid_extractor, device) if args.fid_extractor else None
+    lpips_model = load_torchscript(args.lpips_model, device) if args.lpips_model else None
+
+    report = evaluate_methods(
+        methods, images, args.mask_dir, args.buckets, fid_extractor=fid_extractor, lpips_model=lpips_model
+    )
+    report["data"] = {
+        "val_dir": str(args.val_dir),
+        "val_dir_name": args.val_dir.name,
+        "mask_dir": str(args.mask_dir),
+        "images": [path.name for path in paths],
+    }
+    report["models"] = args.model
+    report["timing"] = {"total_seconds": time.perf_counter() - start, "device": device}
+    report["versions"] = {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "opencv": cv2.__version__,
+        "scikit-image": skimage.__version__,
+        "torch": torch.__version__,
+    }
+
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    if args.save_images > 0:
+        count = min(args.save_images, len(images))
+        grid = comparison_grid(methods, images[:count], args.mask_dir, args.image_bucket)
+        atomic_write(args.output_dir / "examples.png", figure_png(grid))
+    else:
+        # A grid left by an earlier run would not match this report.
+        (args.output_dir / "examples.png").unlink(missing_ok=True)
+    atomic_write(args.output_dir / "metrics.png", figure_png(plot_metrics(report)))
+    markdown = markdown_report(report)
+    atomic_write(args.output_dir / "report.md", markdown.encode())
+    atomic_write(args.output_dir / "report.json", json.dumps(report, indent=2).encode())
+    print(markdown)
+    print(f"Wrote {args.output_dir / 'report.json'} in {report['timing']['total_seconds']:.1f} s.")
+    return report
+
+
+if __name__ == "__main__":
+    main()
