@@ -1,0 +1,121 @@
+"""Model cards for MEDFE checkpoints, rendered from the project's `MODEL_CARD.md` template."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .configuration_med import MEDConfig
+
+TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
+ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
+TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
+
+
+def eval_results(report: Mapping[str, Any], method: str | None = None) -> list[EvalResult]:
+    """`model-index` entries (PSNR, SSIM, L1 per hole-ratio bucket) of one learned method of an evaluation report."""
+    learned = [name for name, entry in report["methods"].items() if entry["kind"] != "classical"]
+    if not learned:
+        return []
+    method = method or learned[0]
+    results = []
+    for bucket, metrics in zip(report["buckets"], report["methods"][method]["buckets"], strict=True):
+        for metric, pretty in (("psnr", "PSNR"), ("ssim", "SSIM"), ("l1", "L1 (%)")):
+            results.append(
+                EvalResult(
+                    task_type="image-to-image",
+                    task_name="Image inpainting",
+                    dataset_type="bsds500",
+                    dataset_name=f"BSDS500 val, irregular masks {bucket['label']}",
+                    dataset_split="val",
+                    metric_type=metric,
+                    metric_name=pretty,
+                    metric_value=round(metrics[metric]["mean"], 4),
+                    source_name="training/evaluate.py (med-hf evaluation protocol v"
+                    + str(report["protocol"]["version"])
+                    + ")",
+                )
+            )
+    return results
+
+
+def render_model_card(
+    config: MEDConfig,
+    *,
+    repo_id: str = "path/to/model",
+    model_name: str | None = None,
+    description: str = "",
+    training: Mapping[str, Any] | None = None,
+    evaluation: Mapping[str, Any] | None = None,
+    weights_license: str = ORIGINAL_WEIGHTS_LICENSE,
+) -> ModelCard:
+    """A `ModelCard` with metadata (licence, pipeline tag, tags, `model-index` when `evaluation` is a report)."""
+    card_data = ModelCardData(
+        license=weights_license,
+        library_name="transformers",
+        pipeline_tag="image-to-image",
+        tags=TAGS,
+        model_name=model_name or repo_id.split("/")[-1],
+        eval_results=eval_results(evaluation) if evaluation else None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=model_name or repo_id.split("/")[-1],
+        repo_id=repo_id,
+        description=description,
+        image_size=config.image_size,
+        model_details=_model_details(config),
+        training_details=_training_details(training),
+        evaluation_details=_evaluation_details(evaluation),
+        weights_license=weights_license,
+    )
+
+
+def write_model_card(folder: str | Path, **kwargs) -> Path:
+    """Render the card for the model saved in `folder` and write it as `folder/README.md`."""
+    folder = Path(folder)
+    card = render_model_card(MEDConfig.from_pretrained(folder), **kwargs)
+    target = folder / "README.md"
+    temporary = target.with_suffix(".md.tmp")
+    temporary.write_text(str(card), encoding="utf-8")
+    temporary.replace(target)
+    return target
+
+
+def _model_details(config: MEDConfig) -> str:
+    variants = (
+        "all quirks of the released code mirrored (weight-compatible with the original checkpoints)"
+        if config.is_released_variant
+        else f"feature mask `{config.feature_mask}`, partial-conv renormalisation `{config.partial_conv_renorm}`, "
+        f"equalisation layout `{config.equalization_layout}`"
+    )
+    return (
+        f"- Architecture: MEDFE generator, base width {config.base_channels}, "
+        f"{config.num_residual_blocks} bottleneck residual blocks, partial-convolution streams "
+        f"{config.partial_conv_kernel_sizes} x {config.partial_conv_layers} layers.\n"
+        f"- Variant: {variants}.\n"
+        f"- Working resolution: {config.image_size}x{config.image_size} (any multiple of 64 runs)."
+    )
+
+
+def _training_details(training: Mapping[str, Any] | None) -> str:
+    if not training:
+        return "Not recorded."
+    return "\n".join(f"- {key.replace('_', ' ').capitalize()}: {value}" for key, value in training.items())
+
+
+def _evaluation_details(evaluation: Mapping[str, Any] | None) -> str:
+    if not evaluation:
+        return "No evaluation report was attached to this card."
+    from .evaluation import markdown_table
+
+    return (
+        f"Protocol of med-hf (`training/evaluate.py`): {evaluation['num_images']} BSDS500 validation photos, "
+        "centre-cropped and resized to 256x256, one irregular mask (Liu et al. 2018) per photo and hole-ratio "
+        "bucket; the known pixels are kept, metrics on the whole image. OpenCV Telea and Navier-Stokes "
+        "(radius 3) are run in the same evaluation.\n\n" + markdown_table(evaluation)
+    )
