@@ -228,10 +228,11 @@ def _grid_elimination(height: int, width: int) -> _GridElimination:
     position[black] = np.arange(black.size)
 
     flat = np.arange(height * width).reshape(height, width)
-    # Horizontal edges (i, j)-(i, j+1), then vertical edges (i, j)-(i+1, j); the first endpoint owns the weight.
+    # Horizontal edges (i, j)-(i, j+1), then vertical edges (i, j)-(i+1, j). The weight of an edge sits at
+    # its first endpoint, in w_x for horizontal edges and in w_y (offset by H * W) for vertical ones.
     first = np.concatenate([flat[:, :-1].ravel(), flat[:-1, :].ravel()])
     second = np.concatenate([flat[:, 1:].ravel(), flat[1:, :].ravel()])
-    edge_weight = np.concatenate([first[: height * (width - 1)], first[height * (width - 1) :] + height * width])
+    edge_weight = np.concatenate([flat[:, :-1].ravel(), flat[:-1, :].ravel() + height * width])
     first_is_black = is_black[first]
     red_end = np.where(first_is_black, second, first)
     black_end = np.where(first_is_black, first, second)
@@ -242,7 +243,38 @@ def _grid_elimination(height: int, width: int) -> _GridElimination:
     return _GridElimination(*arrays)
 
 
-def _solve_smoothing_system(rhs: np.ndarray, weight_x: np.ndarray, weight_y: np.ndarray, lam: float) -> np.ndarray:
+def _system_diagonal(weight_x: np.ndarray, weight_y: np.ndarray, lam: float) -> np.ndarray:
+    """Diagonal of ``Id + lam L_w``, flattened row-major: 1 + lam * (sum of the weights of the edges at p)."""
+    incident = weight_x + weight_y
+    incident[:, 1:] += weight_x[:, :-1]
+    incident[1:, :] += weight_y[:-1, :]
+    return 1.0 + lam * incident.ravel()
+
+
+def _solve_spd(matrix: sp.csc_array, rhs: np.ndarray) -> np.ndarray:
+    """Solve ``matrix @ x = rhs`` (``rhs`` of shape ``(n, C)``) for an SPD, diagonally dominant matrix.
+
+    The factorisation runs in single precision (faster, less memory traffic) and one step of iterative
+    refinement in double precision brings the error from ~1e-4 down to ~1e-9. No pivoting is needed
+    (diagonal dominance) and the rows are already in a fill-reducing order, hence ``NATURAL``.
+    """
+    factor = splu(
+        matrix.astype(np.float32),
+        permc_spec="NATURAL",
+        diag_pivot_thresh=0.0,
+        options={"SymmetricMode": True},
+    )
+    solution = factor.solve(rhs.astype(np.float32)).astype(np.float64)
+    residual = rhs - matrix @ solution
+    return solution + factor.solve(residual.astype(np.float32))
+
+
+def _solve_smoothing_system(
+    rhs: np.ndarray,
+    weight_x: np.ndarray,
+    weight_y: np.ndarray,
+    lam: float,
+) -> np.ndarray:
     """Solve ``(Id + lam L_w) S = rhs`` for a ``(H, W, C)`` right-hand side; returns ``(H, W, C)`` float64.
 
     ``L_w`` is the weighted 5-point Laplacian: ``L_w[p, p]`` is the sum of the weights of the edges at
@@ -251,44 +283,26 @@ def _solve_smoothing_system(rhs: np.ndarray, weight_x: np.ndarray, weight_y: np.
     height, width, channels = rhs.shape
     grid = _grid_elimination(height, width)
     flat_rhs = rhs.reshape(height * width, channels)
-
-    incident = weight_x + weight_y
-    incident[:, 1:] += weight_x[:, :-1]
-    incident[1:, :] += weight_y[:-1, :]
-    diagonal = 1.0 + lam * incident.ravel()
-
-    # Red-black coupling block: one entry per edge.
-    coupling_values = -lam * np.concatenate([weight_x.ravel(), weight_y.ravel()])[grid.edge_weight]
-    red_diagonal = diagonal[grid.red]
+    diagonal = _system_diagonal(weight_x, weight_y, lam)
+    red_diagonal = diagonal[grid.red][:, np.newaxis]
     red_rhs = flat_rhs[grid.red]
     solution = np.empty_like(flat_rhs)
-    if grid.black.size == 0:  # a single pixel
-        solution[grid.red] = red_rhs / red_diagonal[:, np.newaxis]
+    if grid.black.size == 0:  # a single pixel: nothing to couple to
+        solution[grid.red] = red_rhs / red_diagonal
         return solution.reshape(rhs.shape)
 
-    coupling = sp.csr_array((coupling_values, (grid.edge_red, grid.edge_black)), shape=(grid.red.size, grid.black.size))
-    # Schur complement on the black pixels: D_b - C^T D_r^-1 C (SPD, 9-point stencil).
-    scaled_coupling = sp.csr_array(
-        (coupling_values / red_diagonal[grid.edge_red], (grid.edge_red, grid.edge_black)),
-        shape=coupling.shape,
-    )
+    # With the red pixels first, the matrix is [[D_r, C], [C^T, D_b]]: D_r and D_b are diagonal and C has
+    # one entry per edge. Eliminating the red pixels leaves the Schur complement D_b - C^T D_r^-1 C.
+    edge_values = -lam * np.concatenate([weight_x.ravel(), weight_y.ravel()])[grid.edge_weight]
+    edges = (grid.edge_red, grid.edge_black)
+    shape = (grid.red.size, grid.black.size)
+    coupling = sp.csr_array((edge_values, edges), shape=shape)
+    scaled_coupling = sp.csr_array((edge_values / red_diagonal[grid.edge_red, 0], edges), shape=shape)
     schur = (sp.diags_array(diagonal[grid.black]) - coupling.T @ scaled_coupling).tocsc()
-    black_rhs = flat_rhs[grid.black] - coupling.T @ (red_rhs / red_diagonal[:, np.newaxis])
 
-    # Single precision halves the factorisation's memory traffic; the refinement step restores accuracy.
-    # No pivoting is needed (diagonally dominant) and the nested-dissection order is already in place.
-    factor = splu(
-        schur.astype(np.float32),
-        permc_spec="NATURAL",
-        diag_pivot_thresh=0.0,
-        options={"SymmetricMode": True},
-    )
-    black_solution = factor.solve(black_rhs.astype(np.float32)).astype(np.float64)
-    residual = black_rhs - schur @ black_solution
-    black_solution += factor.solve(residual.astype(np.float32))
-
+    black_solution = _solve_spd(schur, flat_rhs[grid.black] - coupling.T @ (red_rhs / red_diagonal))
     solution[grid.black] = black_solution
-    solution[grid.red] = (red_rhs - coupling @ black_solution) / red_diagonal[:, np.newaxis]
+    solution[grid.red] = (red_rhs - coupling @ black_solution) / red_diagonal
     return solution.reshape(rhs.shape)
 
 
