@@ -10,7 +10,6 @@ from typing import Literal
 import numpy as np
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
-from PIL import Image
 
 from .image_processing_med import (
     CropBox,
