@@ -78,6 +78,22 @@ def _reflected_indices(size: int, padding: int, device: torch.device) -> torch.T
     return torch.where(positions >= size, period - positions, positions)
 
 
+class MEDInstanceNorm(nn.InstanceNorm2d):
+    """Instance normalisation that also accepts 1x1 maps (64-pixel images reach them at the bottleneck).
+
+    A single value normalised by its own mean is 0, so the output is the affine bias (or 0); torch refuses
+    such inputs instead.
+    """
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        if hidden.shape[-1] * hidden.shape[-2] > 1:
+            return super().forward(hidden)
+        normalized = torch.zeros_like(hidden)
+        if self.affine:
+            normalized = normalized * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return normalized
+
+
 class MEDConvBlock(nn.Module):
     """Convolution, optional instance normalisation, optional LeakyReLU: the unit most MEDFE layers are made of."""
 
@@ -97,7 +113,7 @@ class MEDConvBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=bias)
         self.norm = (
-            None if norm is None else nn.InstanceNorm2d(out_channels, eps=config.norm_eps, affine=norm == "affine")
+            None if norm is None else MEDInstanceNorm(out_channels, eps=config.norm_eps, affine=norm == "affine")
         )
         self.slope = config.leaky_relu_slope if activation else None
 
@@ -118,9 +134,9 @@ class MEDResidualBlock(nn.Module):
         channels = 8 * config.base_channels
         self.dilation = config.residual_dilation
         self.conv1 = nn.Conv2d(channels, channels, 3, dilation=self.dilation, bias=False)
-        self.norm1 = nn.InstanceNorm2d(channels, eps=config.norm_eps)
+        self.norm1 = MEDInstanceNorm(channels, eps=config.norm_eps)
         self.conv2 = nn.Conv2d(channels, channels, 3, bias=False)
-        self.norm2 = nn.InstanceNorm2d(channels, eps=config.norm_eps)
+        self.norm2 = MEDInstanceNorm(channels, eps=config.norm_eps)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         branch = F.relu(self.norm1(self.conv1(reflect_pad(hidden, self.dilation))))
@@ -215,7 +231,7 @@ class MEDPartialConvBlock(nn.Module):
         super().__init__()
         channels = 4 * config.base_channels
         self.conv = MEDPartialConv(channels, kernel_size, config.partial_conv_renorm)
-        self.norm = nn.InstanceNorm2d(channels, eps=config.norm_eps, affine=True)
+        self.norm = MEDInstanceNorm(channels, eps=config.norm_eps, affine=True)
         self.slope = config.leaky_relu_slope
 
     def forward(self, hidden: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -403,7 +419,7 @@ class MEDDecoderBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, config: MEDConfig, is_output: bool = False):
         super().__init__()
         self.conv = nn.ConvTranspose2d(in_channels, out_channels, 4, stride=2, padding=1)
-        self.norm = None if is_output else nn.InstanceNorm2d(out_channels, eps=config.norm_eps, affine=True)
+        self.norm = None if is_output else MEDInstanceNorm(out_channels, eps=config.norm_eps, affine=True)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.conv(F.relu(hidden))
