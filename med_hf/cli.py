@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .image_processing_med import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
@@ -61,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"med-inpaint: error: cannot load the model: {error}", file=sys.stderr)
         return 1
 
+    import torch
     from tqdm.auto import tqdm
+
+    out_of_memory = (MemoryError, torch.cuda.OutOfMemoryError)  # the latter is torch.OutOfMemoryError in torch 2.5+
 
     started = time.perf_counter()
     done, failed = 0, []
@@ -72,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
                 raise InputError(f"{image_file}: no mask with a matching name in {mask_path}")
             _inpaint_file(pipe, image_file, mask_file, output_file, args)
             done += 1
-        except (InputError, ImageLoadError, ImageTooLargeError, ValueError, OSError) as error:
+        except (InputError, ImageLoadError, ImageTooLargeError, ValueError, OSError, *out_of_memory) as error:
+            if isinstance(error, out_of_memory):
+                # One photo too large for this machine must not end a folder run (and MemoryError has no text).
+                error = f"out of memory ({type(error).__name__}); lower --max-pixels or use --hd-strategy crop"
             message = str(error) if str(image_file) in str(error) else f"{image_file}: {error}"
             failed.append(message)
-            print(f"med-inpaint: error: {message}", file=sys.stderr)
+            tqdm.write(f"med-inpaint: error: {message}", file=sys.stderr)
     elapsed = time.perf_counter() - started
     if folder_mode or failed:
         print(f"{done} inpainted, {len(failed)} failed, in {elapsed:.1f} s" + (f" -> {output_path}" if done else ""))
@@ -114,10 +121,35 @@ def _load_pipeline(args: argparse.Namespace):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     from .pipeline_med import MEDInpaintPipeline
 
-    pipe = MEDInpaintPipeline.from_pretrained(args.model).to(args.device)
+    with _no_loading_bars():
+        pipe = MEDInpaintPipeline.from_pretrained(args.model).to(args.device)
     pipe.image_processor.max_pixels = args.max_pixels
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextmanager
+def _no_loading_bars() -> Iterator[None]:
+    """Hide transformers' "Loading weights" and diffusers' "Loading pipeline components" bars.
+
+    They would land on stderr before every run, so an error would no longer be the one line there. Hub download
+    bars stay as they were: a first download can take a while.
+    """
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    hub_bars = not are_progress_bars_disabled()
+    enabled = [lib for lib in (transformers_logging, diffusers_logging) if lib.is_progress_bar_enabled()]
+    for lib in enabled:
+        lib.disable_progress_bar()
+    if hub_bars:  # transformers' switch also turns the Hub's off
+        enable_progress_bars()
+    try:
+        yield
+    finally:
+        for lib in enabled:
+            lib.enable_progress_bar()
 
 
 def _inpaint_file(pipe, image_file: Path, mask_file: Path, output_file: Path, args: argparse.Namespace) -> None:

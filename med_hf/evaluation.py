@@ -32,12 +32,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import cv2
 import numpy as np
 import scipy.linalg
 import torch
 from PIL import Image
-from skimage.metrics import structural_similarity
 from tqdm.auto import tqdm
 
 PROTOCOL_VERSION = "1"
@@ -152,6 +150,8 @@ def psnr(result: np.ndarray, target: np.ndarray) -> float:
 
 def ssim(result: np.ndarray, target: np.ndarray) -> float:
     """Structural similarity of two uint8 RGB images (scikit-image defaults, data range 255)."""
+    from skimage.metrics import structural_similarity  # imported here: evaluation reports load without it
+
     return float(structural_similarity(result, target, data_range=255, channel_axis=2))
 
 
@@ -264,11 +264,15 @@ def composite(image: np.ndarray, result: np.ndarray, hole: np.ndarray) -> np.nda
 
 def telea(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """OpenCV fast-marching inpainting (Telea 2004), radius 3."""
+    import cv2
+
     return cv2.inpaint(image, hole.astype(np.uint8) * 255, INPAINT_RADIUS, cv2.INPAINT_TELEA)
 
 
 def navier_stokes(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """OpenCV Navier-Stokes inpainting (Bertalmio et al. 2001), radius 3."""
+    import cv2
+
     return cv2.inpaint(image, hole.astype(np.uint8) * 255, INPAINT_RADIUS, cv2.INPAINT_NS)
 
 

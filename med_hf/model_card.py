@@ -12,6 +12,7 @@ from .configuration_med import MEDConfig
 
 TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
+EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
 TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
 
 

@@ -20,6 +20,7 @@ order and random draws, so a killed and resumed run ends with the weights of an 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -256,6 +257,21 @@ def run_validation(model, batch: dict[str, torch.Tensor], accelerator: Accelerat
     return {"validation/psnr_composite": psnr, "validation/l1_composite": (composite - image).abs().mean().item()}
 
 
+def write_rank_summary(output_dir: Path, accelerator: Accelerator, generator, fingerprints: list[float]) -> None:
+    """Per-process sanity record: a digest of this rank's generator weights and of the first samples it read.
+
+    After a distributed run all ranks must hold identical weights, and each must have read its own data.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(accelerator.unwrap_model(generator).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    folder = output_dir / "rank_summaries"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "first_samples": fingerprints}
+    (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(summary, indent=2))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -367,11 +383,14 @@ def main(argv: list[str] | None = None) -> None:
         total=args.max_train_steps, initial=state.global_step, desc="steps", disable=not accelerator.is_main_process
     )
     started, images_seen, window = time.perf_counter(), 0, 0
+    fingerprints: list[float] = []  # mean pixel value of the first samples this rank reads
     logs: dict[str, float] = {}
     while state.global_step < args.max_train_steps:
         step_logs: dict[str, float] = {}
         for _ in range(args.gradient_accumulation_steps):
             batch = next(batches)
+            if len(fingerprints) < 16:
+                fingerprints += [round(v, 6) for v in batch["pixel_values"].mean(dim=(1, 2, 3)).tolist()]
             image = batch["pixel_values"].to(accelerator.device)
             mask = batch["mask"].to(accelerator.device)
             structure = batch.get("structure")
@@ -458,6 +477,7 @@ def main(argv: list[str] | None = None) -> None:
     progress.close()
 
     accelerator.wait_for_everyone()
+    write_rank_summary(output_dir, accelerator, generator, fingerprints)
     if accelerator.is_main_process:
         final = accelerator.unwrap_model(generator)
         final.save_pretrained(output_dir)
