@@ -20,42 +20,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from common import median_time, peak_rss, reference_workload
 
 from med_hf import MEDConfig, MEDModel
 from med_hf import modeling_med as modeling
-
-
-def reference_workload() -> callable:
-    """The 15 partial-convolution-sized convolutions (256->256 at 32x32, k = 3/5/7 x 5), as plain convs."""
-    generator = torch.Generator().manual_seed(0)
-    weights = [torch.randn(256, 256, k, k, generator=generator) * 0.02 for k in (3, 5, 7) for _ in range(5)]
-    hidden = torch.randn(1, 256, 32, 32, generator=generator)
-
-    def run() -> None:
-        for weight in weights:
-            F.conv2d(hidden, weight, padding=weight.shape[-1] // 2)
-
-    return run
-
-
-def median_time(fn, runs: int, warmup: int = 2) -> tuple[float, list[float]]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 @contextmanager
@@ -122,8 +97,6 @@ def example_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 def peak_rss_child(model_dir: str, released: bool, threads: int) -> None:
     """Entry point of the subprocess: load, run one forward, print peak RSS in bytes."""
-    import resource
-
     torch.set_num_threads(threads)
     model = MEDModel.from_pretrained(model_dir).eval()
     image, mask = example_inputs()
@@ -133,7 +106,7 @@ def peak_rss_child(model_dir: str, released: bool, threads: int) -> None:
                 model(pixel_values=image, mask=mask)
         else:
             model(pixel_values=image, mask=mask)
-    print(json.dumps({"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+    print(json.dumps({"peak_rss": peak_rss()}))
 
 
 def measure_peak_rss(model_dir: str, released: bool, threads: int) -> int:

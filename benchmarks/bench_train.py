@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from common import median_time, reference_workload
 
 from med_hf import MEDConfig, MEDModel
 from med_hf.discriminator import MEDDiscriminator
 from med_hf.losses import reconstruction_loss, relativistic_discriminator_loss, relativistic_generator_loss
-
-try:
-    from bench_forward import median_time, reference_workload
-except ImportError:  # run from the repository root as a module
-    from benchmarks.bench_forward import median_time, reference_workload
 
 
 def training_step_fn(preset: str, batch: int, resolution: int):
