@@ -117,8 +117,21 @@ class MEDConvBlock(nn.Module):
         )
         self.slope = config.leaky_relu_slope if activation else None
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.conv(hidden)
+    def forward(self, hidden: torch.Tensor, size: torch.Size | None = None) -> torch.Tensor:
+        """With `size`, the input is bilinearly resized to it first (the released code's order).
+
+        A bias-free 1x1 convolution commutes with bilinear resizing (both are linear and the resize weights sum
+        to 1), so the convolution runs at the smaller of the two sizes: the same numbers at a fraction of the cost.
+        """
+        if size is not None and hidden.shape[-2:] != size:
+            if self.conv.kernel_size != (1, 1) or self.conv.bias is not None:
+                raise ValueError("only a bias-free 1x1 convolution can be moved across a resize")
+            if hidden.shape[-2] * hidden.shape[-1] > size[0] * size[1]:
+                hidden = self.conv(_resize(hidden, size))
+            else:
+                hidden = _resize(self.conv(hidden), size)
+        else:
+            hidden = self.conv(hidden)
         if self.norm is not None:
             hidden = self.norm(hidden)
         if self.slope is not None:
@@ -365,7 +378,7 @@ class MEDFEBlock(nn.Module):
             )
         )
         structure = self.merge(
-            torch.cat([self.structure_projection(_resize(level, grid)) for level in levels[3:]], dim=1)
+            torch.cat([self.structure_projection(level, size=grid) for level in levels[3:]], dim=1)
         )
 
         # Both branches share the filling streams, so they run as one batch: [texture; structure].
@@ -379,8 +392,8 @@ class MEDFEBlock(nn.Module):
         equalized = self.equalization(self.fuse(torch.cat([structure, texture], dim=1)))
 
         outputs = [
-            self.to_level1(_resize(equalized, skips[0].shape[-2:])),
-            self.to_level2(_resize(equalized, skips[1].shape[-2:])),
+            self.to_level1(equalized, size=skips[0].shape[-2:]),
+            self.to_level2(equalized, size=skips[1].shape[-2:]),
             self.to_level3(equalized),
             self.to_level4(equalized),
             self.to_level5(equalized),
