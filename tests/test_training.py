@@ -77,6 +77,7 @@ def test_training_writes_model_checkpoints_logs_and_card(photos, masks, tmp_path
     checkpoint_files = {p.name for p in (out / "checkpoint-4").iterdir()}
     assert {"model.safetensors", "optimizer.bin", "random_states_0.pkl"} <= checkpoint_files
     assert "model_1.safetensors" in checkpoint_files  # the discriminators are trained and saved (GAN on)
+    assert MEDModel.from_pretrained(out / "checkpoint-4" / "generator").config.base_channels == 4
 
     model = MEDModel.from_pretrained(out)
     assert model.config.base_channels == 4

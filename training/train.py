@@ -186,8 +186,12 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total_limit: int | None) -> None:
-    """`save_state` into a temporary folder renamed when complete, so a kill never leaves a half checkpoint."""
+def save_checkpoint(accelerator: Accelerator, generator, output_dir: Path, step: int, total_limit: int | None) -> None:
+    """`save_state` into a temporary folder renamed when complete, so a kill never leaves a half checkpoint.
+
+    The generator is also written with `save_pretrained` into `checkpoint-N/generator`, so any checkpoint can
+    be evaluated or used with `MEDModel.from_pretrained` as it is.
+    """
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".checkpoint-{step}.incomplete"
     if accelerator.is_main_process:
@@ -200,6 +204,7 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, total
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        accelerator.unwrap_model(generator).save_pretrained(staging / "generator")
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     accelerator.wait_for_everyone()
@@ -467,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
             progress.set_postfix(loss=f"{logs['loss/generator']:.4f}", ips=f"{logs['images_per_second']:.2f}")
             logs, started, images_seen, window = {}, time.perf_counter(), 0, 0
         if state.global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, output_dir, state.global_step, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, generator, output_dir, state.global_step, args.checkpoints_total_limit)
         if accelerator.is_main_process and (
             state.global_step % args.validation_steps == 0 or state.global_step == args.max_train_steps
         ):
