@@ -38,9 +38,11 @@ def reconstruction_loss(
 def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
     """Mean SSIM with the conventions of `skimage.metrics.structural_similarity` (the evaluation metric).
 
-    Uniform `window` x `window` statistics with the sample-covariance correction, K1 = 0.01, K2 = 0.03, data
-    range 2 (images in [-1, 1]), border of `window // 2` pixels cropped, averaged over channels and pixels.
+    Uniform `window` x `window` statistics with the sample-covariance correction, K1 = 0.01, K2 = 0.03, border of
+    `window // 2` pixels cropped, averaged over channels and pixels. SSIM is not shift-invariant (its luminance
+    term compares absolute means), so the [-1, 1] images are first mapped to [0, 1], data range 1.
     """
+    prediction, target = (prediction + 1) / 2, (target + 1) / 2
     channels = prediction.shape[1]
     kernel = prediction.new_full((channels, 1, window, window), 1.0 / window**2)
 
@@ -53,7 +55,7 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 7) -> tor
     var_x = correction * (local_mean(prediction * prediction) - mu_x**2)
     var_y = correction * (local_mean(target * target) - mu_y**2)
     cov = correction * (local_mean(prediction * target) - mu_x * mu_y)
-    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.mean()
 

@@ -377,9 +377,7 @@ class MEDFEBlock(nn.Module):
                 dim=1,
             )
         )
-        structure = self.merge(
-            torch.cat([self.structure_projection(level, size=grid) for level in levels[3:]], dim=1)
-        )
+        structure = self.merge(torch.cat([self.structure_projection(level, size=grid) for level in levels[3:]], dim=1))
 
         # Both branches share the filling streams, so they run as one batch: [texture; structure].
         batch = mask.shape[0]
