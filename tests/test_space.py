@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +19,9 @@ APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
 WIDTH, HEIGHT = 300, 200
 
 
-def load_app():
-    """Import space/app.py as a module (the Space's folder is not a package)."""
-    if "space_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("space_app", APP_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["space_app"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["space_app"]
-
-
 @pytest.fixture(scope="module")
-def app():
-    return load_app()
+def app(space_app):
+    return space_app
 
 
 @pytest.fixture(scope="module")

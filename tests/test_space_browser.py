@@ -6,11 +6,9 @@ Python package; Playwright's own browser download is not used.
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -31,23 +29,12 @@ CHROMIUM_ARGS = [
     "--disable-background-networking",
     "--disable-component-update",
 ]
-APP_PATH = Path(__file__).resolve().parents[1] / "space" / "app.py"
 WIDTH, HEIGHT = 480, 320
 # The stroke, in image pixels: a diagonal through the middle of the photo.
 STROKE = ((0.3 * WIDTH, 0.35 * HEIGHT), (0.7 * WIDTH, 0.65 * HEIGHT))
 # The brush's footprint is Gradio's choice ("auto" size): changes may reach this far from the stroke's centre line.
 BAND = 0.2 * min(WIDTH, HEIGHT)
 TIMEOUT_MS = 60_000
-
-
-def load_app():
-    """Import space/app.py as a module (the Space's folder is not a package)."""
-    if "space_app" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("space_app", APP_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["space_app"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["space_app"]
 
 
 def free_port() -> int:
@@ -57,11 +44,10 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
-    pytest.importorskip("gradio")
+def server(space_app):
     from med_hf import MEDConfig, MEDInpaintPipeline, MEDModel
 
-    app = load_app()
+    app = space_app
     torch.manual_seed(0)
     pipe = MEDInpaintPipeline(model=MEDModel(MEDConfig.from_preset("tiny", image_size=256)).eval())
     demo = app.build_demo(pipe)

@@ -36,6 +36,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from med_hf import MEDConfig, MEDModel
@@ -225,12 +226,6 @@ def resolve_resume(args: argparse.Namespace, output_dir: Path) -> Path | None:
     return folders[-1]
 
 
-def local_crop_origin(seed: int, step: int, resolution: int) -> tuple[int, int]:
-    """Top-left corner of the local discriminator's crop; drawn per step (not tied to the hole, quirk Q11)."""
-    rng = np.random.default_rng([seed, step, 7])
-    return tuple(int(v) for v in rng.integers(0, resolution - LOCAL_CROP + 1, size=2))
-
-
 def validation_set(args, transform: SampleTransform, dataset) -> dict[str, torch.Tensor]:
     """A fixed batch (photos, masks) drawn once, so every validation shows the same inputs."""
     if args.validation_data_dir:
@@ -260,6 +255,71 @@ def run_validation(model, batch: dict[str, torch.Tensor], accelerator: Accelerat
 
             tracker.log({"validation": [wandb.Image(g.permute(1, 2, 0).numpy()) for g in grid]}, step=step)
     return {"validation/psnr_composite": psnr, "validation/l1_composite": (composite - image).abs().mean().item()}
+
+
+@dataclass
+class Training:
+    """What one network's update needs: its trainable parameters, optimizer and LR scheduler."""
+
+    params: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def apply_gradients(accelerator: Accelerator, loss: torch.Tensor, training: Training, max_grad_norm: float) -> None:
+    """Backward, optional clipping, optimizer and scheduler step (Accelerate skips them while accumulating)."""
+    accelerator.backward(loss)
+    if max_grad_norm and accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(training.params, max_grad_norm)
+    training.optimizer.step()
+    training.scheduler.step()
+    training.optimizer.zero_grad(set_to_none=True)
+
+
+def local_crop(seed: int, step: int, resolution: int):
+    """The local discriminator's 64x64 crop of this step; drawn per step, not tied to the hole (quirk Q11)."""
+    rng = np.random.default_rng([seed, step, 7])
+    top, left = (int(v) for v in rng.integers(0, resolution - LOCAL_CROP + 1, size=2))
+
+    def crop(images: torch.Tensor) -> torch.Tensor:
+        return images[..., top : top + LOCAL_CROP, left : left + LOCAL_CROP]
+
+    return crop
+
+
+def discriminator_step(accelerator, args, discriminators, training: Training, image, fake, crop) -> torch.Tensor:
+    """Update the global and local discriminators on the detached fake; they are frozen again afterwards."""
+    d_global, d_local = discriminators
+    for d in discriminators:
+        d.requires_grad_(True)
+    with accelerator.autocast():
+        d_loss = relativistic_discriminator_loss(d_global(image), d_global(fake.detach()))
+        d_loss = d_loss + relativistic_discriminator_loss(d_local(crop(image)), d_local(crop(fake.detach())))
+    apply_gradients(accelerator, d_loss, training, args.max_grad_norm)
+    for d in discriminators:
+        d.requires_grad_(False)
+    return d_loss
+
+
+def generator_losses(args, output, image, mask, discriminators, crop, perceptual) -> dict[str, torch.Tensor]:
+    """The weighted terms of the generator objective (spec section 8.1, plus the optional SSIM term)."""
+    fake = output.reconstruction
+    terms = {"l1": args.l1_weight * reconstruction_loss(fake, image, mask, args.hole_weight, args.valid_weight)}
+    if output.loss is not None and args.aux_weight:
+        terms["aux"] = args.aux_weight * output.loss
+    if discriminators:
+        d_global, d_local = discriminators
+        terms["gan"] = args.gan_weight * (
+            relativistic_generator_loss(d_global(image), d_global(fake))
+            + relativistic_generator_loss(d_local(crop(image)), d_local(crop(fake)))
+        )
+    if perceptual is not None:
+        perceptual_loss, style_loss = perceptual(fake, image)
+        terms["perceptual"] = args.perceptual_weight * perceptual_loss
+        terms["style"] = args.style_weight * style_loss
+    if args.ssim_weight:
+        terms["ssim"] = args.ssim_weight * (1 - ssim(fake * mask + image * (1 - mask), image))
+    return terms
 
 
 def write_rank_summary(output_dir: Path, accelerator: Accelerator, generator, fingerprints: list[float]) -> None:
@@ -302,8 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         generator = MEDModel(build_config(args.model_config))
     generator.train()
 
-    use_gan = args.gan_weight > 0
-    discriminators = [MEDDiscriminator(), MEDDiscriminator()] if use_gan else []
+    discriminators = [MEDDiscriminator(), MEDDiscriminator()] if args.gan_weight > 0 else []
     perceptual = None
     if args.perceptual_weight > 0 or args.style_weight > 0:
         if args.vgg16_weights:
@@ -316,29 +375,27 @@ def main(argv: list[str] | None = None) -> None:
                 "vgg16-397923af.pth) or a Hub id. ***"
             )
 
-    g_params = [p for p in generator.parameters() if p.requires_grad]
-    adam = dict(betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
-    g_optimizer = torch.optim.AdamW(g_params, lr=args.learning_rate, **adam)
-    from diffusers.optimization import get_scheduler
-
-    g_scheduler = get_scheduler(
-        args.lr_scheduler, g_optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-    )
-    prepared = [generator, g_optimizer, g_scheduler]
-    if use_gan:
-        d_params = [p for d in discriminators for p in d.parameters()]
-        d_optimizer = torch.optim.AdamW(d_params, lr=args.discr_learning_rate or args.learning_rate, **adam)
-        d_scheduler = get_scheduler(
-            args.lr_scheduler,
-            d_optimizer,
-            num_warmup_steps=args.lr_warmup_steps,
-            num_training_steps=args.max_train_steps,
+    def training_for(params: list[torch.nn.Parameter], learning_rate: float) -> Training:
+        optimizer = torch.optim.AdamW(
+            params, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay
         )
-        prepared += [*discriminators, d_optimizer, d_scheduler]
-    prepared = accelerator.prepare(*prepared)
-    generator, g_optimizer, g_scheduler = prepared[:3]
-    if use_gan:
-        d_global, d_local, d_optimizer, d_scheduler = prepared[3:]
+        scheduler = get_scheduler(
+            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+        )
+        return Training(params, optimizer, scheduler)
+
+    # Two optimizers (G, D) under one `prepare`; the frozen partial-conv mask kernels are not optimised.
+    g_training = training_for([p for p in generator.parameters() if p.requires_grad], args.learning_rate)
+    d_training = None
+    if discriminators:
+        d_params = [p for d in discriminators for p in d.parameters()]
+        d_training = training_for(d_params, args.discr_learning_rate or args.learning_rate)
+    d_objects = [*discriminators, d_training.optimizer, d_training.scheduler] if d_training else []
+    generator, g_training.optimizer, g_training.scheduler, *d_objects = accelerator.prepare(
+        generator, g_training.optimizer, g_training.scheduler, *d_objects
+    )
+    if d_training:
+        *discriminators, d_training.optimizer, d_training.scheduler = d_objects
 
     transform = SampleTransform(
         resolution=args.resolution,
@@ -380,7 +437,7 @@ def main(argv: list[str] | None = None) -> None:
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     accelerator.print(
-        f"training {sum(p.numel() for p in g_params):,} generator parameters, batch {total_batch} "
+        f"training {sum(p.numel() for p in g_training.params):,} generator parameters, batch {total_batch} "
         f"({args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
         f"accumulation), steps {state.global_step} -> {args.max_train_steps}"
     )
@@ -400,59 +457,18 @@ def main(argv: list[str] | None = None) -> None:
             mask = batch["mask"].to(accelerator.device)
             structure = batch.get("structure")
             structure = structure.to(accelerator.device) if structure is not None else None
-            models = [generator, d_global, d_local] if use_gan else [generator]
-            with accelerator.accumulate(*models):
+            with accelerator.accumulate(generator, *discriminators):
                 with accelerator.autocast():
                     output = generator(pixel_values=image, mask=mask, labels=image, structure_labels=structure)
                 fake = output.reconstruction
-                if use_gan:
-                    top, left = local_crop_origin(args.seed, state.global_step, args.resolution)
-
-                    def crop(x: torch.Tensor, top=top, left=left) -> torch.Tensor:
-                        return x[..., top : top + LOCAL_CROP, left : left + LOCAL_CROP]
-
-                    for d in (d_global, d_local):
-                        d.requires_grad_(True)
-                    with accelerator.autocast():
-                        d_loss = relativistic_discriminator_loss(
-                            d_global(image), d_global(fake.detach())
-                        ) + relativistic_discriminator_loss(d_local(crop(image)), d_local(crop(fake.detach())))
-                    accelerator.backward(d_loss)
-                    if args.max_grad_norm and accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(d_params, args.max_grad_norm)
-                    d_optimizer.step()
-                    d_scheduler.step()
-                    d_optimizer.zero_grad(set_to_none=True)
-                    for d in (d_global, d_local):
-                        d.requires_grad_(False)
+                crop = local_crop(args.seed, state.global_step, args.resolution)
+                if discriminators:
+                    d_loss = discriminator_step(accelerator, args, discriminators, d_training, image, fake, crop)
                     step_logs["loss/discriminator"] = d_loss.item()
-
                 with accelerator.autocast():
-                    terms = {
-                        "l1": args.l1_weight
-                        * reconstruction_loss(fake, image, mask, args.hole_weight, args.valid_weight),
-                    }
-                    if output.loss is not None and args.aux_weight:
-                        terms["aux"] = args.aux_weight * output.loss
-                    if use_gan:
-                        terms["gan"] = args.gan_weight * (
-                            relativistic_generator_loss(d_global(image), d_global(fake))
-                            + relativistic_generator_loss(d_local(crop(image)), d_local(crop(fake)))
-                        )
-                    if perceptual is not None:
-                        perceptual_loss, style_loss = perceptual(fake, image)
-                        terms["perceptual"] = args.perceptual_weight * perceptual_loss
-                        terms["style"] = args.style_weight * style_loss
-                    if args.ssim_weight:
-                        composite = fake * mask + image * (1 - mask)
-                        terms["ssim"] = args.ssim_weight * (1 - ssim(composite, image))
+                    terms = generator_losses(args, output, image, mask, discriminators, crop, perceptual)
                     g_loss = sum(terms.values())
-                accelerator.backward(g_loss)
-                if args.max_grad_norm and accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(g_params, args.max_grad_norm)
-                g_optimizer.step()
-                g_scheduler.step()
-                g_optimizer.zero_grad(set_to_none=True)
+                apply_gradients(accelerator, g_loss, g_training, args.max_grad_norm)
             images_seen += image.shape[0] * accelerator.num_processes
             for name, value in terms.items():
                 step_logs[f"loss/{name}"] = step_logs.get(f"loss/{name}", 0.0) + value.item()
@@ -466,7 +482,7 @@ def main(argv: list[str] | None = None) -> None:
         if state.global_step % args.logging_steps == 0 or state.global_step == args.max_train_steps:
             elapsed = time.perf_counter() - started
             logs = {name: value / window for name, value in logs.items()}
-            logs["lr"] = g_scheduler.get_last_lr()[0]
+            logs["lr"] = g_training.scheduler.get_last_lr()[0]
             logs["images_per_second"] = images_seen / elapsed
             accelerator.log(logs, step=state.global_step)
             progress.set_postfix(loss=f"{logs['loss/generator']:.4f}", ips=f"{logs['images_per_second']:.2f}")
