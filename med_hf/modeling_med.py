@@ -539,7 +539,7 @@ class MEDModel(MEDPreTrainedModel):
         Returns:
             [`MEDInpaintingOutput`] or a tuple `(loss?, reconstruction, structure, texture)`.
         """
-        return_dict = return_dict if return_dict is not None else self.config.use_return_dict
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
         hole = self._check_inputs(pixel_values, mask)
 
         # Built here rather than held as a buffer: meta-device loading would leave a buffer uninitialised.
