@@ -13,6 +13,7 @@ from .configuration_med import MEDConfig
 TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
 EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
+EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
 TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
 
 
@@ -35,9 +36,8 @@ def eval_results(report: Mapping[str, Any], method: str | None = None) -> list[E
                     metric_type=metric,
                     metric_name=pretty,
                     metric_value=round(metrics[metric]["mean"], 4),
-                    source_name="training/evaluate.py (med-hf evaluation protocol v"
-                    + str(report["protocol"]["version"])
-                    + ")",
+                    source_name=f"med-hf evaluation protocol v{report['protocol']['version']}",
+                    source_url=EVALUATE_SCRIPT_URL,
                 )
             )
     return results
