@@ -505,6 +505,26 @@ def beats_summary(report: Mapping[str, Any]) -> dict[str, Any]:
     return summary
 
 
+def verdict_lines(report: Mapping[str, Any]) -> list[str]:
+    """One sentence per learned method: does it match or beat every classical baseline, and where not."""
+    baselines = ", ".join(report["beats"]["baselines"])
+    lines = []
+    for name, verdict in report["beats"]["methods"].items():
+        if verdict["beats_all"] is None:
+            lines.append(f"`{name}`: {verdict['reason']}.")
+        elif verdict["beats_all"]:
+            lines.append(f"`{name}` matches or beats {baselines} in PSNR and SSIM in every bucket.")
+        else:
+            lost = {(failure["metric"], failure["bucket"]) for failure in verdict["failures"]}
+            parts = []
+            for metric in BEATS_METRICS:
+                labels = [bucket["label"] for bucket in report["buckets"] if (metric, bucket["label"]) in lost]
+                if labels:
+                    parts.append(f"{metric.upper()} in {', '.join(labels)}")
+            lines.append(f"`{name}` does NOT beat {baselines}: {'; '.join(parts)}.")
+    return lines
+
+
 # ------------------------------------------------------------------------------------------ tables
 
 

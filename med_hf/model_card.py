@@ -13,7 +13,6 @@ from .configuration_med import MEDConfig
 TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
 EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
-EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
 TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
 
 
@@ -31,6 +30,8 @@ def eval_results(report: Mapping[str, Any], method: str | None = None) -> list[E
                     task_type="image-to-image",
                     task_name="Image inpainting",
                     dataset_type="bsds500",
+                    # the Hub groups results by task and dataset config: one config per hole-ratio bucket
+                    dataset_config=f"irregular-masks-{bucket['label'].replace(' %', '').replace(' ', '')}",
                     dataset_name=f"BSDS500 val, irregular masks {bucket['label']}",
                     dataset_split="val",
                     metric_type=metric,
@@ -112,11 +113,14 @@ def _training_details(training: Mapping[str, Any] | None) -> str:
 def _evaluation_details(evaluation: Mapping[str, Any] | None) -> str:
     if not evaluation:
         return "No evaluation report was attached to this card."
-    from .evaluation import markdown_table
+    from .evaluation import markdown_table, verdict_lines
 
     return (
         f"Protocol of med-hf (`training/evaluate.py`): {evaluation['num_images']} BSDS500 validation photos, "
         "centre-cropped and resized to 256x256, one irregular mask (Liu et al. 2018) per photo and hole-ratio "
         "bucket; the known pixels are kept, metrics on the whole image. OpenCV Telea and Navier-Stokes "
-        "(radius 3) are run in the same evaluation.\n\n" + markdown_table(evaluation)
+        "(radius 3) are run in the same evaluation.\n\n"
+        + markdown_table(evaluation)
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in verdict_lines(evaluation))
     )

@@ -43,7 +43,6 @@ import torch
 from matplotlib.figure import Figure
 
 from med_hf.evaluation import (
-    BEATS_METRICS,
     CLASSICAL_BASELINES,
     DISPLAY_NAMES,
     NUM_BUCKETS,
@@ -60,6 +59,7 @@ from med_hf.evaluation import (
     mask_path,
     masked_input,
     model_inpaint_fn,
+    verdict_lines,
 )
 
 METRIC_TITLES = {
@@ -224,20 +224,7 @@ def markdown_report(report: dict[str, Any]) -> str:
         markdown_table(report),
         "",
     ]
-    baselines = ", ".join(report["beats"]["baselines"])
-    for name, verdict in report["beats"]["methods"].items():
-        if verdict["beats_all"] is None:
-            lines.append(f"* `{name}`: {verdict['reason']}.")
-        elif verdict["beats_all"]:
-            lines.append(f"* `{name}` matches or beats {baselines} in PSNR and SSIM in every bucket.")
-        else:
-            lost = {(failure["metric"], failure["bucket"]) for failure in verdict["failures"]}
-            parts = []
-            for metric in BEATS_METRICS:
-                labels = [bucket["label"] for bucket in report["buckets"] if (metric, bucket["label"]) in lost]
-                if labels:
-                    parts.append(f"{metric.upper()} in {', '.join(labels)}")
-            lines.append(f"* `{name}` does NOT beat {baselines}: {'; '.join(parts)}.")
+    lines += [f"* {line}" for line in verdict_lines(report)]
     for metric, status in report["perceptual"].items():
         if not status["computed"]:
             lines.append(f"* {metric.upper()} not computed: {status['reason']}")

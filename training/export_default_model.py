@@ -31,35 +31,58 @@ DESCRIPTION = (
 
 
 def training_record(run_dir: Path) -> dict[str, str]:
-    """Command, steps, wall time and data of the run, from `training_args.json` and the TensorBoard log."""
-    args = json.loads((run_dir / "training_args.json").read_text())
+    """Command, steps, wall time and data of the run, from `training_args.json` and the TensorBoard log.
+
+    A run started with `--init_from` a local run folder is a later stage of that run: the stages are listed in
+    order and their steps and hours add up.
+    """
+    stages = _stages(run_dir)
     record = {
-        "command": "`training/train_default_model.sh` (`training/train.py` with the arguments below)",
-        "arguments": ", ".join(
-            f"`--{key} {value}`" for key, value in args.items() if value not in (None, False) and "dir" not in key
-        ),
-        "data": "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
-        "plus generated free-form strokes and boxes",
-        "steps": str(args["max_train_steps"]),
-        "batch size": str(args["train_batch_size"]),
+        "command": "`training/train_default_model.sh` (`training/train.py`, in "
+        f"{len(stages)} stage{'s' if len(stages) > 1 else ''} with the arguments below)",
     }
-    hours = _training_hours(run_dir / args.get("logging_dir", "logs"))
-    if hours:
-        record["time"] = f"{hours:.1f} h on 2 CPU cores (torch 2.13.0)"
+    for number, (_, args) in enumerate(stages, start=1):
+        name = f"stage {number} arguments" if len(stages) > 1 else "arguments"
+        record[name] = ", ".join(
+            f"`--{key} {value}`"
+            for key, value in args.items()
+            if value not in (None, False) and "dir" not in key and key != "init_from"
+        )
+    record["data"] = (
+        "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
+        "plus generated free-form strokes and boxes"
+    )
+    record["steps"] = " + ".join(str(args["max_train_steps"]) for _, args in stages)
+    record["batch size"] = " / ".join(sorted({str(args["train_batch_size"]) for _, args in stages}))
+    hours = [_training_hours(folder / args.get("logging_dir", "logs")) for folder, args in stages]
+    if all(hours):
+        record["time"] = f"{sum(hours):.1f} h on 2 CPU cores (torch 2.13.0)"
     return record
 
 
+def _stages(run_dir: Path) -> list[tuple[Path, dict]]:
+    stages = []
+    folder: Path | None = run_dir
+    while folder is not None:
+        args = json.loads((folder / "training_args.json").read_text())
+        stages.insert(0, (folder, args))
+        parent = Path(args["init_from"]) if args.get("init_from") else None
+        folder = parent if parent is not None and (parent / "training_args.json").is_file() else None
+    return stages
+
+
 def _training_hours(logging_dir: Path) -> float | None:
+    """Hours the run was actually training: the span of each TensorBoard event file (one per start or resume)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    folders = [p.parent for p in logging_dir.rglob("events.out.tfevents.*")]
-    times = []
-    for folder in folders:
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    total = 0.0
+    for event_file in logging_dir.rglob("events.out.tfevents.*"):
+        events = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
         events.Reload()
-        for tag in events.Tags()["scalars"]:
-            times += [event.wall_time for event in events.Scalars(tag)]
-    return (max(times) - min(times)) / 3600 if times else None
+        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
+        if times:
+            total += max(times) - min(times)
+    return total / 3600 or None
 
 
 def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
