@@ -43,6 +43,7 @@ from med_hf.evaluation import (
     psnr,
     ssim,
     telea,
+    verdict_lines,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -270,6 +271,13 @@ def test_beats_summary():
 
     alone = beats_summary(make_report({"perfect": [(math.inf, 1.0)] * 2}, kinds={}))
     assert alone["methods"]["perfect"]["beats_all"] is None
+
+    report["beats"] = summary
+    assert verdict_lines(report) == [
+        "`perfect` matches or beats telea, ns in PSNR and SSIM in every bucket.",
+        "`tie` matches or beats telea, ns in PSNR and SSIM in every bucket.",
+        "`weak_ssim` does NOT beat telea, ns: SSIM in 10-20 %.",
+    ]
 
 
 def test_model_inpainter_batches_and_round_trips():

@@ -41,13 +41,18 @@ def training_record(run_dir: Path) -> dict[str, str]:
         "command": "`training/train_default_model.sh` (`training/train.py`, in "
         f"{len(stages)} stage{'s' if len(stages) > 1 else ''} with the arguments below)",
     }
+    previous: dict = {}
     for number, (_, args) in enumerate(stages, start=1):
-        name = f"stage {number} arguments" if len(stages) > 1 else "arguments"
+        name = "arguments" if len(stages) == 1 else f"stage {number} arguments" + (" (changes)" if previous else "")
         record[name] = ", ".join(
             f"`--{key} {value}`"
             for key, value in args.items()
-            if value not in (None, False) and "dir" not in key and key != "init_from"
+            if value not in (None, False)
+            and "dir" not in key
+            and key != "init_from"
+            and (not previous or previous.get(key) != value)
         )
+        previous = args
     record["data"] = (
         "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
         "plus generated free-form strokes and boxes"
