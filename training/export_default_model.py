@@ -41,18 +41,15 @@ def training_record(run_dir: Path) -> dict[str, str]:
         "command": "`training/train_default_model.sh` (`training/train.py`, in "
         f"{len(stages)} stage{'s' if len(stages) > 1 else ''} with the arguments below)",
     }
-    previous: dict = {}
     for number, (_, args) in enumerate(stages, start=1):
-        name = "arguments" if len(stages) == 1 else f"stage {number} arguments" + (" (changes)" if previous else "")
+        earlier = stages[number - 2][1] if number > 1 else {}
+        name = "arguments" if len(stages) == 1 else f"stage {number} arguments" + (" (changes)" if earlier else "")
         record[name] = ", ".join(
             f"`--{key} {value}`"
             for key, value in args.items()
-            if value not in (None, False)
-            and "dir" not in key
-            and key != "init_from"
-            and (not previous or previous.get(key) != value)
+            if value not in (None, False) and "dir" not in key and key != "init_from"
+            if not earlier or earlier.get(key) != value
         )
-        previous = args
     record["data"] = (
         "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
         "plus generated free-form strokes and boxes"
@@ -66,13 +63,14 @@ def training_record(run_dir: Path) -> dict[str, str]:
 
 
 def _stages(run_dir: Path) -> list[tuple[Path, dict]]:
+    """The run and, before it, the local runs it was initialised from (`--init_from`), oldest first."""
     stages = []
     folder: Path | None = run_dir
     while folder is not None:
         args = json.loads((folder / "training_args.json").read_text())
         stages.insert(0, (folder, args))
         parent = Path(args["init_from"]) if args.get("init_from") else None
-        folder = parent if parent is not None and (parent / "training_args.json").is_file() else None
+        folder = parent if parent and (parent / "training_args.json").is_file() else None
     return stages
 
 
