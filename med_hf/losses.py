@@ -23,24 +23,51 @@ STYLE_LAYERS = {"relu2_2": 8, "relu3_3": 15, "relu4_3": 22}
 
 
 def reconstruction_loss(
-    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, hole_weight: float, valid_weight: float
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    hole_weight: float,
+    valid_weight: float,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean L1 with separate weights for hole and known pixels.
 
     `hole_weight == valid_weight == 1` is the released recipe: one L1 over the whole raw output (quirk Q10).
+    `sample_weights` (batch,) scale each sample's mean (see `hole_area_weights`); `None` weighs all alike.
     """
     error = (prediction - target).abs()
-    if hole_weight == valid_weight:
-        return hole_weight * error.mean()
-    return (error * (hole_weight * mask + valid_weight * (1 - mask))).mean()
+    if hole_weight != valid_weight:
+        error = error * (hole_weight * mask + valid_weight * (1 - mask))
+    else:
+        error = hole_weight * error
+    return _weighted_mean(error, sample_weights)
 
 
-def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 7) -> torch.Tensor:
+def hole_area_weights(mask: torch.Tensor, floor: float = 0.01) -> torch.Tensor:
+    """Per-sample loss weights proportional to 1 / hole area (floored at `floor`), normalised to mean 1.
+
+    The evaluation averages PSNR and SSIM per image, so a 5 % hole counts as much as a 50 % one; a loss averaged
+    over pixels instead lets the large holes dominate the gradient. `mask` is (batch, 1, H, W), 1 = hole.
+    """
+    weights = 1 / mask.flatten(1).mean(dim=1).clamp_min(floor)
+    return weights / weights.mean()
+
+
+def _weighted_mean(values: torch.Tensor, sample_weights: torch.Tensor | None) -> torch.Tensor:
+    if sample_weights is None:
+        return values.mean()
+    return (values.flatten(1).mean(dim=1) * sample_weights).mean()
+
+
+def ssim(
+    prediction: torch.Tensor, target: torch.Tensor, window: int = 7, sample_weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean SSIM with the conventions of `skimage.metrics.structural_similarity` (the evaluation metric).
 
     Uniform `window` x `window` statistics with the sample-covariance correction, K1 = 0.01, K2 = 0.03, border of
     `window // 2` pixels cropped, averaged over channels and pixels. SSIM is not shift-invariant (its luminance
     term compares absolute means), so the [-1, 1] images are first mapped to [0, 1], data range 1.
+    `sample_weights` (batch,) weigh each image's mean SSIM as in `reconstruction_loss`.
     """
     prediction, target = (prediction + 1) / 2, (target + 1) / 2
     channels = prediction.shape[1]
@@ -57,7 +84,7 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, window: int = 7) -> tor
     cov = correction * (local_mean(prediction * target) - mu_x * mu_y)
     c1, c2 = 0.01**2, 0.03**2
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.mean()
+    return _weighted_mean(ssim_map, sample_weights)
 
 
 def relativistic_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

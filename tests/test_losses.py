@@ -10,6 +10,7 @@ from med_hf.losses import (
     PerceptualStyleLoss,
     VGG16Features,
     gram_matrix,
+    hole_area_weights,
     reconstruction_loss,
     relativistic_discriminator_loss,
     relativistic_generator_loss,
@@ -34,6 +35,23 @@ def test_reconstruction_loss_weights_hole_and_valid_pixels():
     assert reconstruction_loss(prediction, target, mask, 1.0, 1.0).item() == pytest.approx(1.0)
     assert reconstruction_loss(prediction, target, mask, 6.0, 1.0).item() == pytest.approx(3.5)
     assert reconstruction_loss(prediction, target, mask, 0.0, 2.0).item() == pytest.approx(1.0)
+
+
+def test_hole_area_weights_give_each_sample_the_same_say():
+    mask = torch.zeros(3, 1, 10, 10)
+    mask[0, :, :5] = 1  # 50 % hole
+    mask[1, :, :1] = 1  # 10 % hole
+    weights = hole_area_weights(mask)  # the empty mask is floored at 1 %
+    assert weights.mean().item() == pytest.approx(1.0)
+    assert (weights / weights[0]).tolist() == pytest.approx([1.0, 5.0, 50.0])
+
+    # The same error per hole pixel: pixel averaging weighs the large hole 5x, hole-area weighting evens it out.
+    prediction, target = torch.zeros(2, 3, 10, 10), mask[:2].expand(2, 3, 10, 10).clone()
+    large, small = (reconstruction_loss(prediction[i, None], target[i, None], mask[i, None], 1, 1) for i in range(2))
+    assert large.item() == pytest.approx(5 * small.item())
+    weighted = reconstruction_loss(prediction, target, mask[:2], 1.0, 1.0, sample_weights=hole_area_weights(mask[:2]))
+    assert weighted.item() == pytest.approx(0.5 * (1 / 3 * 0.5 + 5 / 3 * 0.1))
+    assert ssim(target, target, sample_weights=hole_area_weights(mask[:2])).item() == pytest.approx(1.0)
 
 
 def test_relativistic_average_lsgan_formulas():

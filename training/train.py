@@ -52,6 +52,7 @@ from med_hf.discriminator import MEDDiscriminator
 from med_hf.losses import (
     PerceptualStyleLoss,
     VGG16Features,
+    hole_area_weights,
     reconstruction_loss,
     relativistic_discriminator_loss,
     relativistic_generator_loss,
@@ -101,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--style_weight", type=float, default=250.0)
     loss.add_argument("--gan_weight", type=float, default=0.2)
     loss.add_argument("--ssim_weight", type=float, default=0.0, help="1 - SSIM on the composite (not in the recipe)")
+    loss.add_argument("--weight_by_hole_area", action="store_true",
+                      help="weigh samples' L1 and SSIM terms by 1 / hole area, as per-image metrics do")  # fmt: skip
     loss.add_argument("--vgg16_weights", help="local VGG16 weights file or Hub id[:filename] (perceptual/style)")
 
     optim = parser.add_argument_group("optimisation")
@@ -304,7 +307,9 @@ def discriminator_step(accelerator, args, discriminators, training: Training, im
 def generator_losses(args, output, image, mask, discriminators, crop, perceptual) -> dict[str, torch.Tensor]:
     """The weighted terms of the generator objective (spec section 8.1, plus the optional SSIM term)."""
     fake = output.reconstruction
-    terms = {"l1": args.l1_weight * reconstruction_loss(fake, image, mask, args.hole_weight, args.valid_weight)}
+    weights = hole_area_weights(mask) if args.weight_by_hole_area else None
+    l1 = reconstruction_loss(fake, image, mask, args.hole_weight, args.valid_weight, sample_weights=weights)
+    terms = {"l1": args.l1_weight * l1}
     if output.loss is not None and args.aux_weight:
         terms["aux"] = args.aux_weight * output.loss
     if discriminators:
@@ -318,7 +323,7 @@ def generator_losses(args, output, image, mask, discriminators, crop, perceptual
         terms["perceptual"] = args.perceptual_weight * perceptual_loss
         terms["style"] = args.style_weight * style_loss
     if args.ssim_weight:
-        terms["ssim"] = args.ssim_weight * (1 - ssim(fake * mask + image * (1 - mask), image))
+        terms["ssim"] = args.ssim_weight * (1 - ssim(fake * mask + image * (1 - mask), image, sample_weights=weights))
     return terms
 
 
