@@ -60,6 +60,9 @@ class MEDConfig(PreTrainedConfig):
       as (channels x height x width) without a transpose, scrambling the grid. `"spatial"` keeps features
       spatially aligned.
 
+    `refinement_channels > 0` adds a component that is not in the paper: a full-resolution refinement head (see
+    `MEDRefinementHead`). The released architecture has none.
+
     Args:
         num_channels (`int`, *optional*, defaults to 3):
             Number of image channels (RGB).
@@ -96,6 +99,8 @@ class MEDConfig(PreTrainedConfig):
             Epsilon of every instance normalisation.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal initialisation of every convolution kernel.
+        refinement_channels (`int`, *optional*, defaults to 0):
+            Width of the full-resolution refinement head; 0 (the released architecture) leaves it out.
 
     Example:
 
@@ -127,6 +132,7 @@ class MEDConfig(PreTrainedConfig):
         leaky_relu_slope: float = 0.2,
         norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
+        refinement_channels: int = 0,
         **kwargs,
     ):
         _check_choice("feature_mask", feature_mask, FEATURE_MASK_MODES)
@@ -143,6 +149,8 @@ class MEDConfig(PreTrainedConfig):
             raise ValueError(f"hole_fill_value needs {num_channels} values, got {list(hole_fill_value)}")
         if image_size % 64:
             raise ValueError(f"image_size must be a multiple of 64, got {image_size}")
+        if refinement_channels < 0:
+            raise ValueError(f"refinement_channels must be >= 0, got {refinement_channels}")
 
         self.num_channels = num_channels
         self.base_channels = base_channels
@@ -160,6 +168,7 @@ class MEDConfig(PreTrainedConfig):
         self.leaky_relu_slope = leaky_relu_slope
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
+        self.refinement_channels = refinement_channels
         super().__init__(**kwargs)
 
     @classmethod
@@ -171,8 +180,9 @@ class MEDConfig(PreTrainedConfig):
 
     @property
     def is_released_variant(self) -> bool:
-        """Whether every quirk of the released code is mirrored (needed for original checkpoints)."""
-        return (self.feature_mask, self.partial_conv_renorm, self.equalization_layout) == ("released",) * 3
+        """Whether this is the released network with every quirk mirrored (needed for original checkpoints)."""
+        quirks = (self.feature_mask, self.partial_conv_renorm, self.equalization_layout)
+        return quirks == ("released",) * 3 and not self.refinement_channels
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:

@@ -95,13 +95,16 @@ def _model_details(config: MEDConfig) -> str:
         else f"feature mask `{config.feature_mask}`, partial-conv renormalisation `{config.partial_conv_renorm}`, "
         f"equalisation layout `{config.equalization_layout}`"
     )
-    return (
+    lines = [
         f"- Architecture: MEDFE generator, base width {config.base_channels}, "
         f"{config.num_residual_blocks} bottleneck residual blocks, partial-convolution streams "
-        f"{config.partial_conv_kernel_sizes} x {config.partial_conv_layers} layers.\n"
-        f"- Variant: {variants}.\n"
-        f"- Working resolution: {config.image_size}x{config.image_size} (any multiple of 64 runs)."
-    )
+        f"{config.partial_conv_kernel_sizes} x {config.partial_conv_layers} layers.",
+        f"- Variant: {variants}.",
+        f"- Working resolution: {config.image_size}x{config.image_size} (any multiple of 64 runs).",
+    ]
+    if config.refinement_channels:
+        lines.insert(2, f"- Full-resolution refinement head (not in the paper): {config.refinement_channels} channels.")
+    return "\n".join(lines)
 
 
 def _training_details(training: Mapping[str, Any] | None) -> str:

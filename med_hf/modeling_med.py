@@ -425,7 +425,7 @@ def _resize(hidden: torch.Tensor, size: torch.Size) -> torch.Tensor:
 
 
 class MEDDecoderBlock(nn.Module):
-    """ReLU, stride-2 4x4 transposed convolution, then affine instance norm (or tanh for the output block)."""
+    """ReLU, stride-2 4x4 transposed convolution, then affine instance norm (none for the output block)."""
 
     def __init__(self, in_channels: int, out_channels: int, config: MEDConfig, is_output: bool = False):
         super().__init__()
@@ -434,11 +434,14 @@ class MEDDecoderBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         hidden = self.conv(F.relu(hidden))
-        return torch.tanh(hidden) if self.norm is None else self.norm(hidden)
+        return hidden if self.norm is None else self.norm(hidden)
 
 
 class MEDDecoder(nn.Module):
-    """Six upsampling blocks; blocks 2-6 read [previous output, skip] concatenated in that order."""
+    """Six upsampling blocks; blocks 2-6 read [previous output, skip] concatenated in that order.
+
+    Returns the output block's pre-activation (batch, 3, H, W); the model applies the tanh.
+    """
 
     def __init__(self, config: MEDConfig):
         super().__init__()
@@ -461,6 +464,35 @@ class MEDDecoder(nn.Module):
         return hidden
 
 
+class MEDZeroConv2d(nn.Conv2d):
+    """A convolution that `_init_weights` starts at zero: the last layer of a residual branch."""
+
+
+class MEDRefinementHead(nn.Module):
+    """Full-resolution residual correction of the decoder output (not in the paper).
+
+    The decoder's finest skip connection is at half resolution, so next to the hole boundary it cannot match
+    the known pixels the way classical diffusion inpainting does. Three 3x3 convolutions (the middle one
+    dilated) read the decoder's image, the filled input and the hole mask at full resolution and add a
+    correction to the decoder's pre-tanh output. The last convolution starts at zero, so adding the head to a
+    trained model leaves its output unchanged until the head is trained.
+    """
+
+    def __init__(self, config: MEDConfig):
+        super().__init__()
+        channels, width = config.num_channels, config.refinement_channels
+        self.conv_in = nn.Conv2d(2 * channels + 1, width, 3, padding=1)
+        self.conv_mid = nn.Conv2d(width, width, 3, padding=2, dilation=2)
+        self.conv_out = MEDZeroConv2d(width, channels, 3, padding=1)
+        self.slope = config.leaky_relu_slope
+
+    def forward(self, logits: torch.Tensor, filled: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+        """`logits` (B, 3, H, W) pre-tanh decoder output, `filled` (B, 3, H, W) in [-1, 1], `hole` (B, 1, H, W)."""
+        hidden = F.leaky_relu(self.conv_in(torch.cat([torch.tanh(logits), filled, hole], dim=1)), self.slope)
+        hidden = F.leaky_relu(self.conv_mid(hidden), self.slope)
+        return logits + self.conv_out(hidden)
+
+
 class MEDPreTrainedModel(PreTrainedModel):
     config_class = MEDConfig
     base_model_prefix = "med"
@@ -472,11 +504,16 @@ class MEDPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """The original initialisation: every convolution kernel ~ N(0, 0.02), biases 0, norm scales 1.
 
+        The refinement head's last convolution (not in the original) starts at zero instead.
+
         This includes the frozen partial-convolution mask kernels, which is how the released checkpoints got
         their random divisors; loaded tensors are never touched (the `init` helpers skip them).
         """
         std = self.config.initializer_range
-        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        if isinstance(module, MEDZeroConv2d):
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
             init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
@@ -491,7 +528,8 @@ class MEDPreTrainedModel(PreTrainedModel):
 
 class MEDModel(MEDPreTrainedModel):
     """
-    The MEDFE generator: encoder, MEDFE block (multi-scale filling, feature equalisation) and decoder.
+    The MEDFE generator: encoder, MEDFE block (multi-scale filling, feature equalisation) and decoder, plus the
+    optional full-resolution refinement head (`config.refinement_channels`).
 
     Example:
 
@@ -514,6 +552,7 @@ class MEDModel(MEDPreTrainedModel):
         self.encoder = MEDEncoder(config)
         self.medfe = MEDFEBlock(config)
         self.decoder = MEDDecoder(config)
+        self.refinement = MEDRefinementHead(config) if config.refinement_channels else None
         self.post_init()
 
     def forward(
@@ -548,7 +587,10 @@ class MEDModel(MEDPreTrainedModel):
         known = (~hole).to(pixel_values.dtype).expand(-1, self.config.num_channels, -1, -1)
         skips = self.encoder(torch.cat([filled, known], dim=1))
         skips, structure, texture = self.medfe(skips, hole.to(pixel_values.dtype))
-        reconstruction = self.decoder(skips)
+        logits = self.decoder(skips)
+        if self.refinement is not None:
+            logits = self.refinement(logits, filled, hole.to(pixel_values.dtype))
+        reconstruction = torch.tanh(logits)
 
         loss = None
         if labels is not None or structure_labels is not None:
@@ -597,4 +639,4 @@ class MEDModel(MEDPreTrainedModel):
         return (model, info) if return_info else model
 
 
-__all__ = ["MEDInpaintingOutput", "MEDModel", "MEDPreTrainedModel"]
+__all__ = ["MEDInpaintingOutput", "MEDModel", "MEDPreTrainedModel", "MEDRefinementHead"]

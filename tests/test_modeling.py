@@ -39,6 +39,8 @@ def test_config_rejects_bad_values():
         MEDConfig(image_size=200)
     with pytest.raises(ValueError, match="unknown preset"):
         MEDConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="refinement_channels"):
+        MEDConfig(refinement_channels=-1)
 
 
 @pytest.mark.parametrize(
@@ -201,6 +203,35 @@ def test_save_load_round_trip_keeps_every_tensor(tmp_path):
         with torch.inference_mode():
             torch.testing.assert_close(loaded(image, mask).reconstruction, model(image, mask).reconstruction)
     assert AutoConfig.from_pretrained(tmp_path).feature_mask == "nearest"
+
+
+def test_refinement_head_starts_as_identity_then_learns(tmp_path):
+    torch.manual_seed(0)
+    MEDModel(MEDConfig.from_preset("tiny")).save_pretrained(tmp_path / "plain")
+    plain = MEDModel.from_pretrained(tmp_path / "plain").eval()
+    refined = MEDModel.from_pretrained(tmp_path / "plain", refinement_channels=8)
+    assert not plain.config.refinement_channels and refined.config.refinement_channels == 8
+    assert not refined.config.is_released_variant
+    assert not refined.refinement.conv_out.weight.any() and refined.refinement.conv_in.weight.std() > 0.01
+    image, mask = random_inputs(2, 128, 128)
+    with torch.inference_mode():
+        before = refined.eval()(image, mask).reconstruction
+        torch.testing.assert_close(before, plain(image, mask).reconstruction)
+
+    optimizer = torch.optim.Adam(refined.refinement.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (refined.train()(image, mask).reconstruction - image).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    refined.save_pretrained(tmp_path / "refined")
+    loaded = MEDModel.from_pretrained(tmp_path / "refined").eval()
+    assert loaded.config.refinement_channels == 8
+    with torch.inference_mode():
+        after = loaded(image, mask).reconstruction
+        torch.testing.assert_close(after, refined.eval()(image, mask).reconstruction)
+    assert (after - before).abs().max() > 1e-3
+    assert (after - image).abs().mean() < (before - image).abs().mean()
 
 
 def test_checkpoint_without_mask_kernels_is_refused(tmp_path):

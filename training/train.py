@@ -91,6 +91,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--model_config", default="released",
                        help="preset name (released, tiny, small) or a config.json")  # fmt: skip
     model.add_argument("--init_from", help="model folder or Hub repo to fine-tune")
+    model.add_argument("--refinement_channels", type=int,
+                       help="add (or resize) the full-resolution refinement head; default: as configured")  # fmt: skip
 
     loss = parser.add_argument_group("losses (defaults: the released recipe)")
     loss.add_argument("--l1_weight", type=float, default=1.0)
@@ -147,11 +149,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_config(name_or_path: str) -> MEDConfig:
+def build_config(name_or_path: str, **overrides) -> MEDConfig:
     path = Path(name_or_path)
     if path.suffix == ".json" or path.is_file():
-        return MEDConfig.from_json_file(path)
-    return MEDConfig.from_preset(name_or_path)
+        config = MEDConfig.from_json_file(path)
+        config.update(overrides)
+        return config
+    return MEDConfig.from_preset(name_or_path, **overrides)
 
 
 def build_mask_sampler(args: argparse.Namespace) -> MaskSampler:
@@ -361,10 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     # The same seed everywhere: every rank builds identical initial weights.
     set_seed(args.seed)
 
+    overrides = {} if args.refinement_channels is None else {"refinement_channels": args.refinement_channels}
     if args.init_from:
-        generator = MEDModel.from_pretrained(args.init_from)
+        generator = MEDModel.from_pretrained(args.init_from, **overrides)
     else:
-        generator = MEDModel(build_config(args.model_config))
+        generator = MEDModel(build_config(args.model_config, **overrides))
     generator.train()
 
     discriminators = [MEDDiscriminator(), MEDDiscriminator()] if args.gan_weight > 0 else []

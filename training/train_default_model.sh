@@ -6,7 +6,8 @@
 #   1. runs/default      12500 steps from scratch, L1 (holes x6) + auxiliary + a little SSIM, lr 1e-3 -> 0
 #   2. runs/default-ft    3500 steps from stage 1 with a stronger SSIM term (x6), lr 3e-4 -> 0
 #   3. runs/default-ft2   3000 steps from stage 2 with SSIM x12, lr 3e-4 -> 0
-#   4. runs/default-ft3   4000 steps from stage 3, L1 and SSIM weighted per sample by 1 / hole area
+#   4. runs/default-ft3   3000 steps from stage 3 with a 16-channel full-resolution refinement head added, L1 and
+#                         SSIM weighted per sample by 1 / hole area
 # Then evaluate and package the last stage:
 #   python training/evaluate.py --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \
 #       --model default=runs/default-ft3 --output_dir runs/default-ft3/eval --save_images 6
@@ -45,4 +46,5 @@ stage runs/default-ft --init_from runs/default \
 stage runs/default-ft2 --init_from runs/default-ft \
   --max_train_steps 3000 --learning_rate 3e-4 --lr_warmup_steps 100 --ssim_weight 12
 stage runs/default-ft3 --init_from runs/default-ft2 \
-  --max_train_steps 4000 --learning_rate 3e-4 --lr_warmup_steps 100 --ssim_weight 12 --weight_by_hole_area
+  --max_train_steps 3000 --learning_rate 3e-4 --lr_warmup_steps 100 --ssim_weight 12 \
+  --refinement_channels 16 --weight_by_hole_area
