@@ -24,7 +24,8 @@ from med_hf.model_card import write_model_card
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "med_hf" / "default_model"
 DESCRIPTION = (
-    "The default model of med-hf: a quarter-width MEDFE (preset `small`, all three released bugs corrected) "
+    "The default model of med-hf: a quarter-width MEDFE (preset `small`, all three released bugs corrected, "
+    "plus the full-resolution refinement head) "
     "trained from scratch on the 200 BSDS500 training photos on a 2-core CPU. It is small (fp16 weights) and "
     "meant to work out of the box on photos of any size; it is not one of the authors' released checkpoints."
 )
@@ -45,7 +46,7 @@ def training_record(run_dir: Path) -> dict[str, str]:
         earlier = stages[number - 2][1] if number > 1 else {}
         name = "arguments" if len(stages) == 1 else f"stage {number} arguments" + (" (changes)" if earlier else "")
         record[name] = ", ".join(
-            f"`--{key} {value}`"
+            f"`--{key}`" if value is True else f"`--{key} {value}`"
             for key, value in args.items()
             if value not in (None, False) and "dir" not in key and key != "init_from"
             if not earlier or earlier.get(key) != value
@@ -110,6 +111,10 @@ def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
             training=training_record(run_dir),
             evaluation=report,
         )
+        # mkdtemp and some writers create owner-only entries; the package data must be readable by everyone.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
         if output.exists():
             shutil.rmtree(output)
         staging.rename(output)

@@ -48,3 +48,5 @@ stage runs/default-ft2 --init_from runs/default-ft \
 stage runs/default-ft3 --init_from runs/default-ft2 \
   --max_train_steps 3000 --learning_rate 3e-4 --lr_warmup_steps 100 --ssim_weight 12 \
   --refinement_channels 16 --weight_by_hole_area
+stage runs/default-ft4 --init_from runs/default-ft3 \
+  --max_train_steps 2000 --learning_rate 2e-4 --lr_warmup_steps 50 --ssim_weight 12 --weight_by_hole_area
