@@ -2,16 +2,17 @@
 # Reproduces the default model shipped in med_hf/default_model (see README, "The default model").
 # Data: BSDS500 train photos and the irregular masks beside the checkout (../shared/data), the masks used by the
 # evaluation protocol for the 100 validation photos excluded.
-# Four stages, each resumable (re-run the script after an interruption; finished stages are skipped):
+# Five stages, each resumable (re-run the script after an interruption; finished stages are skipped):
 #   1. runs/default      12500 steps from scratch, L1 (holes x6) + auxiliary + a little SSIM, lr 1e-3 -> 0
 #   2. runs/default-ft    3500 steps from stage 1 with a stronger SSIM term (x6), lr 3e-4 -> 0
 #   3. runs/default-ft2   3000 steps from stage 2 with SSIM x12, lr 3e-4 -> 0
 #   4. runs/default-ft3   3000 steps from stage 3 with a 16-channel full-resolution refinement head added, L1 and
 #                         SSIM weighted per sample by 1 / hole area
+#   5. runs/default-ft4   2000 steps from stage 4, same losses, lr 2e-4 -> 0
 # Then evaluate and package the last stage:
 #   python training/evaluate.py --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \
-#       --model default=runs/default-ft3 --output_dir runs/default-ft3/eval --save_images 6
-#   python training/export_default_model.py runs/default-ft3 --eval_dir runs/default-ft3/eval
+#       --model default=runs/default-ft4 --output_dir runs/default-ft4/eval --save_images 6
+#   python training/export_default_model.py runs/default-ft4 --eval_dir runs/default-ft4/eval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
