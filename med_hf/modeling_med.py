@@ -584,12 +584,13 @@ class MEDModel(MEDPreTrainedModel):
         # Built here rather than held as a buffer: meta-device loading would leave a buffer uninitialised.
         fill = pixel_values.new_tensor(self.config.hole_fill_value).view(1, -1, 1, 1) / 127.5 - 1.0
         filled = torch.where(hole, fill, pixel_values)
-        known = (~hole).to(pixel_values.dtype).expand(-1, self.config.num_channels, -1, -1)
+        hole_mask = hole.to(pixel_values.dtype)
+        known = (1 - hole_mask).expand(-1, self.config.num_channels, -1, -1)
         skips = self.encoder(torch.cat([filled, known], dim=1))
-        skips, structure, texture = self.medfe(skips, hole.to(pixel_values.dtype))
+        skips, structure, texture = self.medfe(skips, hole_mask)
         logits = self.decoder(skips)
         if self.refinement is not None:
-            logits = self.refinement(logits, filled, hole.to(pixel_values.dtype))
+            logits = self.refinement(logits, filled, hole_mask)
         reconstruction = torch.tanh(logits)
 
         loss = None
