@@ -7,6 +7,7 @@ from transformers import PreTrainedConfig
 FEATURE_MASK_MODES = ("released", "nearest")
 PARTIAL_CONV_RENORM_MODES = ("released", "valid_ratio")
 EQUALIZATION_LAYOUTS = ("released", "spatial")
+HOLE_PRIORS = ("none", "harmonic")
 
 # The released bugs fixed; what new models are trained with.
 CORRECTED_VARIANTS = {
@@ -61,7 +62,9 @@ class MEDConfig(PreTrainedConfig):
       spatially aligned.
 
     `refinement_channels > 0` adds a component that is not in the paper: a full-resolution refinement head (see
-    `MEDRefinementHead`). The released architecture has none.
+    `MEDRefinementHead`). With `hole_prior="harmonic"` the head also receives a harmonic (membrane) fill of the
+    hole and blends it with the decoder's image through a learned per-pixel gate. The released architecture has
+    neither.
 
     Args:
         num_channels (`int`, *optional*, defaults to 3):
@@ -101,6 +104,9 @@ class MEDConfig(PreTrainedConfig):
             Standard deviation of the normal initialisation of every convolution kernel.
         refinement_channels (`int`, *optional*, defaults to 0):
             Width of the full-resolution refinement head; 0 (the released architecture) leaves it out.
+        hole_prior (`str`, *optional*, defaults to `"none"`):
+            `"harmonic"` gives the refinement head a smooth harmonic fill of the hole to blend with the decoder's
+            image (needs `refinement_channels > 0`); `"none"` leaves it out.
 
     Example:
 
@@ -133,6 +139,7 @@ class MEDConfig(PreTrainedConfig):
         norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         refinement_channels: int = 0,
+        hole_prior: str = "none",
         **kwargs,
     ):
         _check_choice("feature_mask", feature_mask, FEATURE_MASK_MODES)
@@ -151,6 +158,9 @@ class MEDConfig(PreTrainedConfig):
             raise ValueError(f"image_size must be a multiple of 64, got {image_size}")
         if refinement_channels < 0:
             raise ValueError(f"refinement_channels must be >= 0, got {refinement_channels}")
+        _check_choice("hole_prior", hole_prior, HOLE_PRIORS)
+        if hole_prior != "none" and not refinement_channels:
+            raise ValueError(f"hole_prior={hole_prior!r} is blended in by the refinement head: set refinement_channels")
 
         self.num_channels = num_channels
         self.base_channels = base_channels
@@ -169,6 +179,7 @@ class MEDConfig(PreTrainedConfig):
         self.norm_eps = norm_eps
         self.initializer_range = initializer_range
         self.refinement_channels = refinement_channels
+        self.hole_prior = hole_prior
         super().__init__(**kwargs)
 
     @classmethod
@@ -190,4 +201,4 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
-__all__ = ["CORRECTED_VARIANTS", "PRESETS", "MEDConfig"]
+__all__ = ["CORRECTED_VARIANTS", "HOLE_PRIORS", "PRESETS", "MEDConfig"]

@@ -276,9 +276,21 @@ def navier_stokes(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return cv2.inpaint(image, hole.astype(np.uint8) * 255, INPAINT_RADIUS, cv2.INPAINT_NS)
 
 
-CLASSICAL_BASELINES: dict[str, InpaintFn] = {"telea": telea, "ns": navier_stokes}
+def harmonic(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Harmonic (membrane) interpolation: the smooth fill that the default model's refinement head blends in.
+
+    Not in the protocol's reference table; evaluating it shows what the network adds to its smooth prior.
+    """
+    from .modeling_med import harmonic_fill
+
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    filled = harmonic_fill(pixels, torch.from_numpy(hole)[None, None].float())
+    return filled[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+CLASSICAL_BASELINES: dict[str, InpaintFn] = {"telea": telea, "ns": navier_stokes, "harmonic": harmonic}
 # Column titles used in the protocol's reference table: (first column, following columns).
-DISPLAY_NAMES = {"telea": ("Telea", "Telea"), "ns": ("Navier-Stokes", "NS")}
+DISPLAY_NAMES = {"telea": ("Telea", "Telea"), "ns": ("Navier-Stokes", "NS"), "harmonic": ("Harmonic", "Harmonic")}
 
 
 def is_classical(fn: InpaintFn) -> bool:

@@ -103,7 +103,10 @@ def _model_details(config: MEDConfig) -> str:
         f"- Working resolution: {config.image_size}x{config.image_size} (any multiple of 64 runs).",
     ]
     if config.refinement_channels:
-        lines.insert(2, f"- Full-resolution refinement head (not in the paper): {config.refinement_channels} channels.")
+        prior = " blending in a harmonic fill of the hole through a learned gate" if config.hole_prior != "none" else ""
+        lines.insert(
+            2, f"- Full-resolution refinement head (not in the paper): {config.refinement_channels} channels{prior}."
+        )
     return "\n".join(lines)
 
 

@@ -215,20 +215,21 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     # Batching must not change the results.
     assert report["methods"]["grey"]["buckets"] == report["methods"]["batched_grey"]["buckets"]
     # Larger holes are harder.
-    telea_psnr = [bucket["psnr"]["mean"] for bucket in report["methods"]["telea"]["buckets"]]
-    assert telea_psnr[0] > telea_psnr[1]
+    for baseline in CLASSICAL_BASELINES:
+        psnr = [bucket["psnr"]["mean"] for bucket in report["methods"][baseline]["buckets"]]
+        assert psnr[0] > psnr[1]
 
     for metric in ("fid", "lpips"):
         assert report["perceptual"][metric]["computed"] is False
         assert "TorchScript" in report["perceptual"][metric]["reason"]
-    assert report["beats"]["baselines"] == ["telea", "ns"]
+    assert report["beats"]["baselines"] == ["telea", "ns", "harmonic"]
     assert report["beats"]["methods"]["grey"]["beats_all"] is False
     json.dumps(report)
 
     table = markdown_table(report).splitlines()
     assert table[0].startswith(
         "| hole ratio | Telea PSNR | Telea SSIM | Telea L1 % | Navier-Stokes PSNR | NS SSIM | NS L1 % "
-        "| grey PSNR | grey SSIM | grey L1 % |"
+        "| Harmonic PSNR | Harmonic SSIM | Harmonic L1 % | grey PSNR | grey SSIM | grey L1 % |"
     )
     assert table[2].startswith("| 0-10 %  | ") and len(table) == 4
 

@@ -69,7 +69,7 @@ def test_training_writes_model_checkpoints_logs_and_card(photos, masks, tmp_path
         train_args(
             photos, masks, out, "--max_train_steps", "4", "--checkpointing_steps", "2",
             "--checkpoints_total_limit", "1", "--validation_steps", "2", "--num_validation_images", "2",
-            "--refinement_channels", "4", "--weight_by_hole_area",
+            "--refinement_channels", "4", "--hole_prior", "harmonic", "--weight_by_hole_area",
         )
     )  # fmt: skip
     assert "PERCEPTUAL AND STYLE LOSSES ARE OFF" in result.stderr
@@ -82,7 +82,9 @@ def test_training_writes_model_checkpoints_logs_and_card(photos, masks, tmp_path
 
     model = MEDModel.from_pretrained(out)
     assert model.config.base_channels == 4 and model.config.refinement_channels == 4
+    assert model.config.hole_prior == "harmonic"
     assert model.refinement.conv_out.weight.any()  # the zero-initialised head was trained
+    assert model.refinement.gate_out.weight.any()
     card = (out / "README.md").read_text()
     assert "license: cc-by-nc-sa-4.0" in card and "Steps: 4" in card
 

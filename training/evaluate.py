@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--baselines",
         default="telea,ns",
-        help=f"Comma-separated classical baselines among {sorted(CLASSICAL_BASELINES)}, or 'none'.",
+        help=f"Comma-separated classical baselines among {sorted(CLASSICAL_BASELINES)}, or 'none'. The protocol's "
+        "reference table has telea and ns; harmonic is the smooth prior of the default model.",
     )
     parser.add_argument(
         "--buckets",

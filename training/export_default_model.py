@@ -25,7 +25,7 @@ from med_hf.model_card import write_model_card
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "med_hf" / "default_model"
 DESCRIPTION = (
     "The default model of med-hf: a quarter-width MEDFE (preset `small`, all three released bugs corrected, "
-    "plus the full-resolution refinement head) "
+    "plus the full-resolution refinement head with its harmonic hole prior) "
     "trained from scratch on the 200 BSDS500 training photos on a 2-core CPU. It is small (fp16 weights) and "
     "meant to work out of the box on photos of any size; it is not one of the authors' released checkpoints."
 )

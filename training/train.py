@@ -40,6 +40,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from med_hf import MEDConfig, MEDModel
+from med_hf.configuration_med import HOLE_PRIORS
 from med_hf.data import (
     SampleTransform,
     StreamPosition,
@@ -93,6 +94,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--init_from", help="model folder or Hub repo to fine-tune")
     model.add_argument("--refinement_channels", type=int,
                        help="add (or resize) the full-resolution refinement head; default: as configured")  # fmt: skip
+    model.add_argument("--hole_prior", choices=HOLE_PRIORS,
+                       help="harmonic: the refinement head blends in a harmonic fill of the hole")  # fmt: skip
 
     loss = parser.add_argument_group("losses (defaults: the released recipe)")
     loss.add_argument("--l1_weight", type=float, default=1.0)
@@ -365,7 +368,11 @@ def main(argv: list[str] | None = None) -> None:
     # The same seed everywhere: every rank builds identical initial weights.
     set_seed(args.seed)
 
-    overrides = {} if args.refinement_channels is None else {"refinement_channels": args.refinement_channels}
+    overrides = {
+        name: value
+        for name, value in (("refinement_channels", args.refinement_channels), ("hole_prior", args.hole_prior))
+        if value is not None
+    }
     if args.init_from:
         generator = MEDModel.from_pretrained(args.init_from, **overrides)
     else:

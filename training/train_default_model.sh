@@ -2,17 +2,18 @@
 # Reproduces the default model shipped in med_hf/default_model (see README, "The default model").
 # Data: BSDS500 train photos and the irregular masks beside the checkout (../shared/data), the masks used by the
 # evaluation protocol for the 100 validation photos excluded.
-# Five stages, each resumable (re-run the script after an interruption; finished stages are skipped):
+# Six stages, each resumable (re-run the script after an interruption; finished stages are skipped):
 #   1. runs/default      12500 steps from scratch, L1 (holes x6) + auxiliary + a little SSIM, lr 1e-3 -> 0
 #   2. runs/default-ft    3500 steps from stage 1 with a stronger SSIM term (x6), lr 3e-4 -> 0
 #   3. runs/default-ft2   3000 steps from stage 2 with SSIM x12, lr 3e-4 -> 0
 #   4. runs/default-ft3   3000 steps from stage 3 with a 16-channel full-resolution refinement head added, L1 and
 #                         SSIM weighted per sample by 1 / hole area
 #   5. runs/default-ft4   2000 steps from stage 4, same losses, lr 2e-4 -> 0
+#   6. runs/default-ft5   2000 steps from stage 5 with the harmonic hole prior added to the refinement head
 # Then evaluate and package the last stage:
 #   python training/evaluate.py --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \
-#       --model default=runs/default-ft4 --output_dir runs/default-ft4/eval --save_images 6
-#   python training/export_default_model.py runs/default-ft4 --eval_dir runs/default-ft4/eval
+#       --model default=runs/default-ft5 --output_dir runs/default-ft5/eval --save_images 6
+#   python training/export_default_model.py runs/default-ft5 --eval_dir runs/default-ft5/eval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
@@ -51,3 +52,6 @@ stage runs/default-ft3 --init_from runs/default-ft2 \
   --refinement_channels 16 --weight_by_hole_area
 stage runs/default-ft4 --init_from runs/default-ft3 \
   --max_train_steps 2000 --learning_rate 2e-4 --lr_warmup_steps 50 --ssim_weight 12 --weight_by_hole_area
+stage runs/default-ft5 --init_from runs/default-ft4 \
+  --max_train_steps 2000 --learning_rate 2e-4 --lr_warmup_steps 50 --ssim_weight 12 --weight_by_hole_area \
+  --hole_prior harmonic
