@@ -518,23 +518,35 @@ def beats_summary(report: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def verdict_lines(report: Mapping[str, Any]) -> list[str]:
-    """One sentence per learned method: does it match or beat every classical baseline, and where not."""
-    baselines = ", ".join(report["beats"]["baselines"])
+    """One sentence per learned method: which classical baselines it matches or beats everywhere, and where not."""
+    baselines = report["beats"]["baselines"]
     lines = []
     for name, verdict in report["beats"]["methods"].items():
         if verdict["beats_all"] is None:
             lines.append(f"`{name}`: {verdict['reason']}.")
-        elif verdict["beats_all"]:
-            lines.append(f"`{name}` matches or beats {baselines} in PSNR and SSIM in every bucket.")
-        else:
-            lost = {(failure["metric"], failure["bucket"]) for failure in verdict["failures"]}
-            parts = []
-            for metric in BEATS_METRICS:
-                labels = [bucket["label"] for bucket in report["buckets"] if (metric, bucket["label"]) in lost]
-                if labels:
-                    parts.append(f"{metric.upper()} in {', '.join(labels)}")
-            lines.append(f"`{name}` does NOT beat {baselines}: {'; '.join(parts)}.")
+            continue
+        lost_to = {failure["baseline"] for failure in verdict["failures"]}
+        beaten = [baseline for baseline in baselines if baseline not in lost_to]
+        sentence = f"`{name}`"
+        if beaten:
+            sentence += f" matches or beats {', '.join(beaten)} in PSNR and SSIM in every bucket"
+        losses = [
+            _losses_against(baseline, verdict["failures"], report) for baseline in baselines if baseline in lost_to
+        ]
+        if losses:
+            sentence += f"{' but' if beaten else ''} does NOT beat {'; '.join(losses)}"
+        lines.append(sentence + ".")
     return lines
+
+
+def _losses_against(baseline: str, failures: Sequence[Mapping[str, Any]], report: Mapping[str, Any]) -> str:
+    lost = {(failure["metric"], failure["bucket"]) for failure in failures if failure["baseline"] == baseline}
+    parts = []
+    for metric in BEATS_METRICS:
+        labels = [bucket["label"] for bucket in report["buckets"] if (metric, bucket["label"]) in lost]
+        if labels:
+            parts.append(f"{metric.upper()} in {', '.join(labels)}")
+    return f"{baseline} ({', '.join(parts)})"
 
 
 # ------------------------------------------------------------------------------------------ tables

@@ -256,12 +256,13 @@ def test_beats_summary():
             "perfect": [(math.inf, 1.0), (math.inf, 1.0)],
             "tie": [(30.5, 0.90), (25.0, 0.81)],
             "weak_ssim": [(40.0, 0.95), (30.0, 0.805)],
+            "weak": [(29.0, 0.95), (20.0, 0.5)],
         },
         kinds={"telea": "classical", "ns": "classical"},
     )
     summary = beats_summary(report)
     assert summary["baselines"] == ["telea", "ns"]
-    assert set(summary["methods"]) == {"perfect", "tie", "weak_ssim"}
+    assert set(summary["methods"]) == {"perfect", "tie", "weak_ssim", "weak"}
     assert summary["methods"]["perfect"] == {"beats_all": True, "psnr": True, "ssim": True, "failures": []}
     assert summary["methods"]["tie"]["beats_all"] is True
     weak = summary["methods"]["weak_ssim"]
@@ -277,7 +278,9 @@ def test_beats_summary():
     assert verdict_lines(report) == [
         "`perfect` matches or beats telea, ns in PSNR and SSIM in every bucket.",
         "`tie` matches or beats telea, ns in PSNR and SSIM in every bucket.",
-        "`weak_ssim` does NOT beat telea, ns: SSIM in 10-20 %.",
+        "`weak_ssim` matches or beats telea in PSNR and SSIM in every bucket but does NOT beat ns (SSIM in 10-20 %).",
+        "`weak` does NOT beat telea (PSNR in 0-10 %, 10-20 %, SSIM in 10-20 %); ns (PSNR in 0-10 %, 10-20 %, SSIM in "
+        "10-20 %).",
     ]
 
 
