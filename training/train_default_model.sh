@@ -2,7 +2,7 @@
 # Reproduces the default model shipped in med_hf/default_model (see README, "The default model").
 # Data: BSDS500 train photos and the irregular masks beside the checkout (../shared/data), the masks used by the
 # evaluation protocol for the 100 validation photos excluded.
-# Six stages, each resumable (re-run the script after an interruption; finished stages are skipped):
+# Seven stages, each resumable (re-run the script after an interruption; finished stages are skipped):
 #   1. runs/default      12500 steps from scratch, L1 (holes x6) + auxiliary + a little SSIM, lr 1e-3 -> 0
 #   2. runs/default-ft    3500 steps from stage 1 with a stronger SSIM term (x6), lr 3e-4 -> 0
 #   3. runs/default-ft2   3000 steps from stage 2 with SSIM x12, lr 3e-4 -> 0
@@ -10,10 +10,11 @@
 #                         SSIM weighted per sample by 1 / hole area
 #   5. runs/default-ft4   2000 steps from stage 4, same losses, lr 2e-4 -> 0
 #   6. runs/default-ft5   2000 steps from stage 5 with the harmonic hole prior added to the refinement head
+#   7. runs/default-ft6   2500 steps from stage 6, same losses, lr 2e-4 -> 0
 # Then evaluate and package the last stage:
 #   python training/evaluate.py --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \
-#       --model default=runs/default-ft5 --output_dir runs/default-ft5/eval --save_images 6
-#   python training/export_default_model.py runs/default-ft5 --eval_dir runs/default-ft5/eval
+#       --model default=runs/default-ft6 --output_dir runs/default-ft6/eval --save_images 6
+#   python training/export_default_model.py runs/default-ft6 --eval_dir runs/default-ft6/eval
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
@@ -55,3 +56,5 @@ stage runs/default-ft4 --init_from runs/default-ft3 \
 stage runs/default-ft5 --init_from runs/default-ft4 \
   --max_train_steps 2000 --learning_rate 2e-4 --lr_warmup_steps 50 --ssim_weight 12 --weight_by_hole_area \
   --hole_prior harmonic
+stage runs/default-ft6 --init_from runs/default-ft5 \
+  --max_train_steps 2500 --learning_rate 2e-4 --lr_warmup_steps 50 --ssim_weight 12 --weight_by_hole_area
