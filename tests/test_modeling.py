@@ -209,6 +209,16 @@ def test_save_load_round_trip_keeps_every_tensor(tmp_path):
     assert AutoConfig.from_pretrained(tmp_path).feature_mask == "nearest"
 
 
+def train_refinement_head(model: MEDModel, image: torch.Tensor, mask: torch.Tensor, steps: int = 3) -> None:
+    """A few Adam steps on the head alone, towards reproducing `image`."""
+    optimizer = torch.optim.Adam(model.refinement.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = (model.train()(image, mask).reconstruction - image).abs().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
 def test_refinement_head_starts_as_identity_then_learns(tmp_path):
     torch.manual_seed(0)
     MEDModel(MEDConfig.from_preset("tiny")).save_pretrained(tmp_path / "plain")
@@ -222,12 +232,7 @@ def test_refinement_head_starts_as_identity_then_learns(tmp_path):
         before = refined.eval()(image, mask).reconstruction
         torch.testing.assert_close(before, plain(image, mask).reconstruction)
 
-    optimizer = torch.optim.Adam(refined.refinement.parameters(), lr=1e-2)
-    for _ in range(3):
-        loss = (refined.train()(image, mask).reconstruction - image).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_refinement_head(refined, image, mask)
     refined.save_pretrained(tmp_path / "refined")
     loaded = MEDModel.from_pretrained(tmp_path / "refined").eval()
     assert loaded.config.refinement_channels == 8
@@ -273,12 +278,7 @@ def test_harmonic_prior_starts_as_an_even_blend_then_learns(tmp_path):
         before = with_prior(image, mask).reconstruction
         torch.testing.assert_close(before, 0.5 * head_only(image, mask).reconstruction + 0.5 * prior)
 
-    optimizer = torch.optim.Adam(with_prior.refinement.parameters(), lr=1e-2)
-    for _ in range(3):
-        loss = (with_prior.train()(image, mask).reconstruction - image).abs().mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    train_refinement_head(with_prior, image, mask)
     assert with_prior.refinement.gate_out.weight.any() and with_prior.refinement.prior_in.weight.any()
     with_prior.save_pretrained(tmp_path / "prior")
     loaded = MEDModel.from_pretrained(tmp_path / "prior").eval()
