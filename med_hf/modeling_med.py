@@ -495,7 +495,8 @@ def harmonic_fill(image: torch.Tensor, hole: torch.Tensor, sweeps: int = HARMONI
         levels.append((F.avg_pool2d(weighted, 2), F.avg_pool2d(weight, 2)))
     weighted, weight = levels[-1]
     # Every pixel of the coarsest level starts at the mean of the sample's known pixels.
-    filled = (weighted.sum((2, 3), keepdim=True) / weight.sum((2, 3), keepdim=True).clamp_min(1)).expand_as(weighted)
+    known_mass = weight.sum((2, 3), keepdim=True)
+    filled = (weighted.sum((2, 3), keepdim=True) / torch.where(known_mass > 0, known_mass, 1)).expand_as(weighted)
     for weighted, weight in reversed(levels):
         filled = F.interpolate(filled, size=weighted.shape[-2:], mode="bilinear", align_corners=False)
         observed = weight > 0

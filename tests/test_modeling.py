@@ -263,6 +263,12 @@ def test_harmonic_fill_keeps_known_pixels_and_interpolates_smooth_images():
     # Noise in, values inside the known range out (a mean of neighbours never overshoots).
     assert filled[2].min() >= image[2].min() and filled[2].max() <= image[2].max()
     assert not harmonic_fill(image, torch.ones_like(hole)).any()
+    # A single known pixel: its colour everywhere, however small the known fraction.
+    single = torch.ones_like(hole[:1])
+    single[..., 5, 7] = 0
+    torch.testing.assert_close(
+        harmonic_fill(torch.full_like(image[:1], 0.25), single), torch.full_like(image[:1], 0.25)
+    )
 
 
 def test_harmonic_prior_starts_as_an_even_blend_then_learns(tmp_path):
