@@ -34,17 +34,19 @@ from med_hf import MEDConfig, MEDModel
 from med_hf import modeling_med as modeling
 
 
+def released_partial_conv(self, hidden, valid, divisor_conv=F.conv2d):
+    """MEDPartialConv.forward as the released code computes it: the divisor convolves a full 256-channel mask."""
+    padding = self.kernel_size // 2
+    full_mask = torch.ones_like(hidden) if valid is None else valid.expand_as(hidden)
+    output = F.conv2d(hidden * full_mask, self.weight, padding=padding)
+    divisor = divisor_conv(full_mask, self.mask_weight, padding=padding)
+    holes = divisor == 0
+    return output.masked_fill(holes, 0) / divisor.masked_fill(holes, 1), (~holes[:, :1]).to(hidden.dtype)
+
+
 @contextmanager
 def released_code_computation():
     """Temporarily compute MEDModel the expensive way the released code does (same numbers, original cost)."""
-
-    def partial_conv(self, hidden, valid):
-        padding = self.kernel_size // 2
-        full_mask = torch.ones_like(hidden) if valid is None else valid.expand_as(hidden)
-        output = F.conv2d(hidden * full_mask, self.weight, padding=padding)
-        divisor = F.conv2d(full_mask, self.mask_weight, padding=padding)
-        holes = divisor == 0
-        return output.masked_fill(holes, 0) / divisor.masked_fill(holes, 1), (~holes[:, :1]).to(hidden.dtype)
 
     def fill(self, hidden, valid):
         # One branch after the other, as the released code does.
@@ -77,7 +79,7 @@ def released_code_computation():
         return conv_block(self, hidden if size is None else modeling._resize(hidden, size))
 
     patches = {
-        (modeling.MEDPartialConv, "forward"): partial_conv,
+        (modeling.MEDPartialConv, "forward"): released_partial_conv,
         (modeling.MEDFEBlock, "fill"): fill,
         (modeling.MEDFeatureEqualization, "spatial_propagation"): spatial_propagation,
         (modeling.MEDConvBlock, "forward"): resize_then_conv,

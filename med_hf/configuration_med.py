@@ -8,6 +8,7 @@ FEATURE_MASK_MODES = ("released", "nearest")
 PARTIAL_CONV_RENORM_MODES = ("released", "valid_ratio")
 EQUALIZATION_LAYOUTS = ("released", "spatial")
 HOLE_PRIORS = ("none", "harmonic")
+PARTIAL_CONV_IMPLEMENTATIONS = ("winograd", "direct")
 
 # The released bugs fixed; what new models are trained with.
 CORRECTED_VARIANTS = {
@@ -66,6 +67,10 @@ class MEDConfig(PreTrainedConfig):
     hole and blends it with the decoder's image through a learned per-pixel gate. The released architecture has
     neither.
 
+    `partial_conv_implementation` only chooses how the filling streams' convolutions are computed, not what they
+    compute: `"winograd"` (default, about 2.5x faster on CPU; float32 rounding a few times that of a direct
+    convolution) or `"direct"` (`torch.nn.functional.conv2d`).
+
     Args:
         num_channels (`int`, *optional*, defaults to 3):
             Number of image channels (RGB).
@@ -107,6 +112,8 @@ class MEDConfig(PreTrainedConfig):
         hole_prior (`str`, *optional*, defaults to `"none"`):
             `"harmonic"` gives the refinement head a smooth harmonic fill of the hole to blend with the decoder's
             image (needs `refinement_channels > 0`); `"none"` leaves it out.
+        partial_conv_implementation (`str`, *optional*, defaults to `"winograd"`):
+            `"winograd"` or `"direct"`, see above. Weights do not depend on it.
 
     Example:
 
@@ -140,6 +147,7 @@ class MEDConfig(PreTrainedConfig):
         initializer_range: float = 0.02,
         refinement_channels: int = 0,
         hole_prior: str = "none",
+        partial_conv_implementation: str = "winograd",
         **kwargs,
     ):
         _check_choice("feature_mask", feature_mask, FEATURE_MASK_MODES)
@@ -161,6 +169,7 @@ class MEDConfig(PreTrainedConfig):
         _check_choice("hole_prior", hole_prior, HOLE_PRIORS)
         if hole_prior != "none" and not refinement_channels:
             raise ValueError(f"hole_prior={hole_prior!r} is blended in by the refinement head: set refinement_channels")
+        _check_choice("partial_conv_implementation", partial_conv_implementation, PARTIAL_CONV_IMPLEMENTATIONS)
 
         self.num_channels = num_channels
         self.base_channels = base_channels
@@ -180,6 +189,7 @@ class MEDConfig(PreTrainedConfig):
         self.initializer_range = initializer_range
         self.refinement_channels = refinement_channels
         self.hole_prior = hole_prior
+        self.partial_conv_implementation = partial_conv_implementation
         super().__init__(**kwargs)
 
     @classmethod

@@ -53,7 +53,13 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The Space's sources live in the repository next to the package (a checkout or an editable install).
 DEFAULT_SPACE_DIR = PACKAGE_DIR.parent / "space"
 # Shipped flat next to the weights; each may import the others relatively, nothing else from med_hf.
-REMOTE_CODE_FILES = ("configuration_med.py", "modeling_med.py", "image_processing_med.py", "pipeline_med.py")
+REMOTE_CODE_FILES = (
+    "configuration_med.py",
+    "modeling_med.py",
+    "winograd.py",
+    "image_processing_med.py",
+    "pipeline_med.py",
+)
 AUTO_MAP = {"AutoConfig": "configuration_med.MEDConfig", "AutoModel": "modeling_med.MEDModel"}
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

@@ -24,6 +24,7 @@ MODEL_FILES = {
     "model.safetensors",
     "configuration_med.py",
     "modeling_med.py",
+    "winograd.py",
     "image_processing_med.py",
     "pipeline_med.py",
 }

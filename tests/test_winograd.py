@@ -1,0 +1,105 @@
+"""Winograd convolution of the filling streams: same results as a direct convolution, gradients included."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from med_hf import MEDConfig, MEDModel
+from med_hf.modeling_med import MEDDecoderBlock, MEDPartialConv
+from med_hf.winograd import transform_kernel, winograd_conv2d, winograd_plan
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7, 9])
+@pytest.mark.parametrize(("height", "width"), [(32, 32), (13, 7), (1, 5)])
+def test_equals_direct_convolution_in_float64(kernel_size, height, width):
+    generator = torch.Generator().manual_seed(kernel_size)
+    hidden = torch.randn(3, 6, height, width, generator=generator, dtype=torch.float64)
+    weight = torch.randn(5, 6, kernel_size, kernel_size, generator=generator, dtype=torch.float64)
+    plan = winograd_plan(kernel_size)
+    output = winograd_conv2d(hidden, transform_kernel(weight, plan), plan)
+    torch.testing.assert_close(output, F.conv2d(hidden, weight, padding=kernel_size // 2), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+def test_float32_rounding_stays_close_to_a_direct_convolution(kernel_size):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(2, 64, 32, 32, generator=generator)
+    weight = 0.02 * torch.randn(64, 64, kernel_size, kernel_size, generator=generator)
+    exact = F.conv2d(hidden.double(), weight.double(), padding=kernel_size // 2)
+    direct_error = (F.conv2d(hidden, weight, padding=kernel_size // 2) - exact).abs().max()
+    plan = winograd_plan(kernel_size)
+    winograd_error = (winograd_conv2d(hidden, transform_kernel(weight, plan), plan) - exact).abs().max()
+    assert winograd_error < 8 * direct_error, (winograd_error, direct_error)
+
+
+def test_gradients_equal_those_of_a_direct_convolution():
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(2, 3, 9, 10, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 3, 7, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    plan = winograd_plan(7)
+    upstream = torch.randn(2, 4, 9, 10, generator=generator, dtype=torch.float64)
+    grads = torch.autograd.grad(
+        (winograd_conv2d(hidden, transform_kernel(weight, plan), plan) * upstream).sum(), [hidden, weight]
+    )
+    expected = torch.autograd.grad((F.conv2d(hidden, weight, padding=3) * upstream).sum(), [hidden, weight])
+    for grad, reference in zip(grads, expected, strict=True):
+        torch.testing.assert_close(grad, reference, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("kernel_size", [1, 4])
+def test_only_odd_kernels_of_three_or_more(kernel_size):
+    with pytest.raises(ValueError, match="odd kernel size"):
+        winograd_plan(kernel_size)
+
+
+def test_partial_conv_reuses_the_transformed_kernel_only_while_the_weight_is_unchanged():
+    torch.manual_seed(0)
+    conv = MEDPartialConv(4, 5, renorm="released", implementation="winograd").double()
+    conv.weight.data.normal_()
+    conv.mask_weight.data.normal_(0, 0.02)
+    hidden, mask = torch.randn(2, 4, 8, 8, dtype=torch.float64), (torch.rand(2, 1, 8, 8) > 0.3).double()
+    direct = MEDPartialConv(4, 5, renorm="released", implementation="direct").double()
+    direct.load_state_dict(conv.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(conv(hidden, mask)[0], direct(hidden, mask)[0])
+        for module in (conv, direct):
+            module.weight.mul_(-2)  # an in-place update, as an optimizer step makes
+            module.mask_weight.add_(0.01)
+        torch.testing.assert_close(conv(hidden, mask)[0], direct(hidden, mask)[0])
+    # With gradients on, nothing is cached and the gradient reaches the weight.
+    conv(hidden, mask)[0].sum().backward()
+    direct(hidden, mask)[0].sum().backward()
+    torch.testing.assert_close(conv.weight.grad, direct.weight.grad)
+
+
+def test_model_outputs_do_not_depend_on_the_implementation():
+    torch.manual_seed(0)
+    config = MEDConfig.from_preset("tiny", partial_conv_renorm="released", feature_mask="nearest")
+    winograd = MEDModel(config).double().eval()
+    direct = (
+        MEDModel(
+            MEDConfig.from_preset(
+                "tiny", partial_conv_renorm="released", feature_mask="nearest", partial_conv_implementation="direct"
+            )
+        )
+        .double()
+        .eval()
+    )
+    direct.load_state_dict(winograd.state_dict())
+    image = torch.rand(2, 3, 128, 128, dtype=torch.float64) * 2 - 1
+    mask = torch.zeros(2, 1, 128, 128, dtype=torch.float64)
+    mask[0, :, 20:90, 30:70] = 1
+    mask[1, :, 60:120, 10:110] = 1
+    with torch.inference_mode():
+        torch.testing.assert_close(winograd(image, mask).reconstruction, direct(image, mask).reconstruction)
+    with pytest.raises(ValueError, match="partial_conv_implementation"):
+        MEDConfig(partial_conv_implementation="fft")
+
+
+def test_small_grid_transposed_convolution_as_a_matrix_product():
+    torch.manual_seed(0)
+    block = MEDDecoderBlock(16, 8, MEDConfig.from_preset("tiny"))
+    torch.nn.init.normal_(block.conv.bias)
+    for size in (1, 4, 8):
+        hidden = torch.randn(3, 16, size, size)
+        torch.testing.assert_close(block.matmul_transposed_conv(hidden), block.conv(hidden), rtol=1e-5, atol=1e-5)
