@@ -26,7 +26,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_med import MEDConfig
-from .winograd import transform_kernel, winograd_conv2d, winograd_plan
+from .winograd import MAX_KERNEL_SIZE, transform_kernel, winograd_conv2d, winograd_plan
 
 # Spatial reduction between the image and the grid on which features are filled and equalised.
 FEATURE_STRIDE = 8
@@ -216,7 +216,8 @@ class MEDPartialConv(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.renorm = renorm
-        self.implementation = implementation
+        # The Winograd tilings cover kernels up to MAX_KERNEL_SIZE; larger ones compute directly (same results).
+        self.implementation = implementation if kernel_size <= MAX_KERNEL_SIZE else "direct"
         self.weight = nn.Parameter(torch.empty(channels, channels, kernel_size, kernel_size))
         if renorm == "released":
             self.mask_weight = nn.Parameter(torch.empty_like(self.weight), requires_grad=False)
