@@ -4,7 +4,8 @@ The module mirrors the network of the authors' released code (see `MEDConfig` fo
 are kept by default and their corrected variants) while computing it differently where that is much cheaper:
 
 - the partial convolutions never convolve a 256-channel mask: the valid mask is the same for every channel,
-  so its renormalisation divisor is a one-channel convolution with the channel-summed mask kernel;
+  so its renormalisation divisor is a one-channel convolution with the channel-summed mask kernel (in float64:
+  the released random kernels make it a nearly cancelling sum);
 - the texture and structure features go through the shared filling streams as one batch, and the streams'
   convolutions use Winograd's minimal filtering (`winograd.py`, selectable with
   `MEDConfig.partial_conv_implementation`), about 2.5x fewer operations;
@@ -241,8 +242,10 @@ class MEDPartialConv(nn.Module):
         # The divisor only depends on the mask, so it is computed from a single channel.
         mask = valid if valid is not None else output.new_ones(1, 1, *output.shape[-2:])
         if self.renorm == "released":
-            kernel = self.derived("mask_sum", self.mask_weight, lambda weight: weight.sum(dim=1, keepdim=True))
-            divisor = F.conv2d(mask, kernel, padding=padding)
+            # A sum of up to 256 * k * k random taps that can nearly cancel (|divisor| down to 1e-5 and below), so
+            # float32 summation order would show in the output: summed in float64 it is the exact divisor, rounded.
+            kernel = self.derived("mask_sum", self.mask_weight, _channel_sum_in_float64)
+            divisor = F.conv2d(mask.to(kernel.dtype), kernel, padding=padding).to(output.dtype)
         else:
             ones = mask.new_ones(1, 1, self.kernel_size, self.kernel_size)
             divisor = F.conv2d(mask, ones, padding=padding) / self.kernel_size**2
@@ -253,13 +256,21 @@ class MEDPartialConv(nn.Module):
         return torch.where(new_valid > 0, output / safe_divisor, torch.zeros_like(output)), new_valid
 
     def derived(self, name: str, source: torch.Tensor, compute) -> torch.Tensor:
-        """`compute(source)`, kept between calls while gradients are off and `source` is unchanged."""
-        if torch.is_grad_enabled():
+        """`compute(source)`, kept while `source` is unchanged unless a gradient must flow back to it."""
+        if torch.is_grad_enabled() and source.requires_grad:
             return compute(source)
         version = (source.data_ptr(), source._version, source.dtype, source.device)
         if name not in self._derived or self._derived[name][0] != version:
-            self._derived[name] = (version, compute(source))
+            # A plain tensor even under inference mode: autograd may later save it for another input's gradient.
+            with torch.inference_mode(False), torch.no_grad():
+                self._derived[name] = (version, compute(source))
         return self._derived[name][1]
+
+
+def _channel_sum_in_float64(weight: torch.Tensor) -> torch.Tensor:
+    """(out, in, k, k) -> (out, 1, k, k) summed over input channels, in float64 where the device has it (not MPS)."""
+    exact = torch.float32 if weight.device.type == "mps" else torch.float64
+    return weight.to(exact).sum(dim=1, keepdim=True)
 
 
 class MEDPartialConvBlock(nn.Module):

@@ -59,12 +59,14 @@ def test_batch_equals_samples_alone(variant):
     torch.manual_seed(0)
     model = MEDModel(MEDConfig.from_preset("tiny", **variant)).eval()
     image, mask = random_inputs(3, 128, 128)
+    # Matrix products round differently for different batch sizes, and the released random divisors amplify
+    # that float32 noise to about 2e-5; a mixed-up sample or mask moves outputs by more than 1e-3.
     with torch.inference_mode():
         batched = model(pixel_values=image, mask=mask)
         for i in range(3):
             alone = model(pixel_values=image[i : i + 1], mask=mask[i : i + 1])
-            torch.testing.assert_close(batched.reconstruction[i : i + 1], alone.reconstruction, atol=1e-5, rtol=1e-4)
-            torch.testing.assert_close(batched.structure[i : i + 1], alone.structure, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(batched.reconstruction[i : i + 1], alone.reconstruction, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(batched.structure[i : i + 1], alone.structure, atol=1e-4, rtol=1e-4)
     # Each sample's own mask matters: swapping masks changes the outputs.
     with torch.inference_mode():
         swapped = model(pixel_values=image, mask=mask.flip(0)).reconstruction

@@ -82,6 +82,22 @@ def test_partial_conv_reuses_the_transformed_kernel_only_while_the_weight_is_unc
     torch.testing.assert_close(conv.weight.grad, direct.weight.grad)
 
 
+def test_frozen_kernel_cached_during_inference_still_trains_the_input():
+    torch.manual_seed(0)
+    conv = MEDPartialConv(3, 7, renorm="valid_ratio", implementation="winograd")
+    conv.weight.data.normal_()
+    conv.weight.requires_grad_(False)
+    hidden = torch.randn(1, 3, 9, 9)
+    with torch.inference_mode():
+        conv(hidden, None)
+    hidden.requires_grad_(True)
+    conv(hidden, None)[0].square().sum().backward()
+    direct = MEDPartialConv(3, 7, renorm="valid_ratio", implementation="direct")
+    direct.load_state_dict(conv.state_dict())
+    expected = torch.autograd.grad(direct(hidden, None)[0].square().sum(), hidden)[0]
+    torch.testing.assert_close(hidden.grad, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
 def test_model_outputs_do_not_depend_on_the_implementation():
     torch.manual_seed(0)
     config = MEDConfig.from_preset("tiny", partial_conv_renorm="released", feature_mask="nearest")
