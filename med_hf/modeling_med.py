@@ -225,7 +225,7 @@ class MEDPartialConv(nn.Module):
         else:
             self.register_parameter("mask_weight", None)
         # Tensors derived from the weights (Winograd-transformed kernel, summed mask kernel), reused between
-        # calls while gradients are off: {name: (version of the source tensor, derived tensor)}.
+        # calls while no gradient flows to their source: {name: (version of the source tensor, derived tensor)}.
         self._derived: dict[str, tuple[tuple, torch.Tensor]] = {}
 
     def forward(self, hidden: torch.Tensor, valid: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
