@@ -8,7 +8,7 @@ are kept by default and their corrected variants) while computing it differently
   the released random kernels make it a nearly cancelling sum);
 - the texture and structure features go through the shared filling streams as one batch, and the streams'
   convolutions use Winograd's minimal filtering (`winograd.py`, selectable with
-  `MEDConfig.partial_conv_implementation`), about 2.5x fewer operations;
+  `MEDConfig.partial_conv_implementation`), about 2.3x fewer multiplications;
 - the decoder's transposed convolutions on grids of at most 8x8 run as one matrix product and a col2im;
 - the Gaussian (spatial) equalisation is separable and is applied as two small matrix products instead of
   materialising a (positions x channels x positions) tensor;

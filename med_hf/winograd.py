@@ -34,8 +34,6 @@ MAX_KERNEL_SIZE = MAX_COLUMN_POINTS - TILE + 1
 # Finite interpolation points per input-tile size n (the n-th point is infinity). Small integers and their
 # reciprocals keep the transform matrices well conditioned.
 _POINTS = {
-    4: (0, 1, -1),
-    5: (0, 1, -1, 2),
     6: (0, 1, -1, 2, -2),
     7: (0, 1, -1, 2, -2, Fraction(1, 2)),
     8: (0, 1, -1, 2, -2, Fraction(1, 2), Fraction(-1, 2)),
