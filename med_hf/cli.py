@@ -5,6 +5,11 @@
 
 Masks: white = area to fill. Every pixel outside the (dilated) mask is written back unchanged; choose a
 lossless output format (PNG, the default for folders) to keep it so on disk.
+
+A user's files are never replaced: an output that is one of the inputs, however its path is spelled, is refused
+before anything runs, and two inputs that would write the same output fail instead of overwriting each other.
+Results are written completely or not at all. Errors are one line on stderr; the exit code is 1 when anything
+failed and 130 after Ctrl-C (finished results are kept).
 """
 
 from __future__ import annotations
@@ -13,29 +18,66 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
-from .image_processing_med import DEFAULT_MAX_PIXELS, ImageLoadError, ImageTooLargeError, load_image
+import numpy as np
+from PIL import Image
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .image_files import (
+    IMAGE_EXTENSIONS,
+    OUTPUT_FORMATS,
+    OutputFormatError,
+    image_files,
+    output_format,
+    reading_notes,
+    write_result,
+)
+from .image_processing_med import (
+    DEFAULT_MAX_PIXELS,
+    ImageLoadError,
+    ImageTooLargeError,
+    UnsupportedImageError,
+    load_image,
+)
+
+PROG = "med-inpaint"
+# Masks may be named like their photo ("a.png" for "a.jpg") or with this suffix ("a_mask.png").
+MASK_SUFFIX = "_mask"
+EXIT_INTERRUPTED = 130
 
 
 class InputError(Exception):
-    """A problem with one input pair, reported in one line without a traceback."""
+    """A problem with the command's inputs, reported in one line without a traceback."""
+
+
+@dataclass
+class Job:
+    """One photo to inpaint: its mask and output, or why it cannot be done (`problem`)."""
+
+    image: Path
+    mask: Path | None
+    output: Path
+    problem: str | None = None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="med-inpaint",
+        prog=PROG,
         description="Fill the white area of a mask in a photo with MEDFE (file or folder mode).",
     )
     parser.add_argument("--image", required=True, help="photo, or folder of photos")
     parser.add_argument("--mask", required=True, help="mask (white = hole), or folder of masks with matching names")
-    parser.add_argument("--output", required=True, help="output file, or output folder in folder mode")
+    parser.add_argument(
+        "--output",
+        required=True,
+        help=f"output file ({', '.join(OUTPUT_FORMATS)}), or output folder in folder mode "
+        "(PNG files); never one of the inputs",
+    )
     parser.add_argument("--model", help="model folder or Hub repo id (default: the model shipped with med-hf)")
     parser.add_argument("--hd-strategy", default="auto", choices=["auto", "crop", "resize", "original"])
     parser.add_argument("--hd-crop-margin", type=int, default=128, help="context pixels around masked regions")
@@ -43,88 +85,194 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask-blur", type=float, default=0, help="feather the seam (changes pixels near the mask)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger photos")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    image_path, mask_path, output_path = Path(args.image), Path(args.mask), Path(args.output)
+    progress = _Progress()
     try:
-        jobs = list(_jobs(image_path, mask_path, output_path))
+        return _run(args, progress)
     except InputError as error:
-        print(f"med-inpaint: error: {error}", file=sys.stderr)
+        _error(str(error))
         return 1
+    except KeyboardInterrupt:
+        _error(f"interrupted; {progress.summary()}")
+        return EXIT_INTERRUPTED
 
-    try:
-        pipe = _load_pipeline(args)
-    except (OSError, ValueError) as error:
-        print(f"med-inpaint: error: cannot load the model: {error}", file=sys.stderr)
-        return 1
 
-    import torch
+def _run(args: argparse.Namespace, progress: _Progress) -> int:
+    image_path, mask_path, output_path = Path(args.image), Path(args.mask), Path(args.output)
+    jobs = plan_jobs(image_path, mask_path, output_path)
+    refuse_overwriting_inputs(jobs, image_path, mask_path, output_path)
+    for folder in {job.output.parent for job in jobs if job.problem is None}:
+        _prepare_output_folder(folder)
+
+    pipe = _load_pipeline(args)
+    folder_mode = image_path.is_dir()
+    progress.total = len(jobs)
+    started = time.perf_counter()
+    failed: list[str] = []
+
     from tqdm.auto import tqdm
 
-    out_of_memory = (MemoryError, torch.cuda.OutOfMemoryError)  # the latter is torch.OutOfMemoryError in torch 2.5+
-
-    started = time.perf_counter()
-    done, failed = 0, []
-    folder_mode = image_path.is_dir()
-    for image_file, mask_file, output_file in tqdm(jobs, desc="inpainting", disable=args.quiet or not folder_mode):
+    bar = tqdm(jobs, desc="inpainting", unit="photo", disable=True if args.quiet or not folder_mode else None)
+    for job in bar:
         try:
-            if mask_file is None:
-                raise InputError(f"{image_file}: no mask with a matching name in {mask_path}")
-            _inpaint_file(pipe, image_file, mask_file, output_file, args)
-            done += 1
-        except (InputError, ImageLoadError, ImageTooLargeError, ValueError, OSError, *out_of_memory) as error:
-            if isinstance(error, out_of_memory):
-                # One photo too large for this machine must not end a folder run (and MemoryError has no text).
-                error = f"out of memory ({type(error).__name__}); lower --max-pixels or use --hd-strategy crop"
-            message = str(error) if str(image_file) in str(error) else f"{image_file}: {error}"
+            if job.problem is not None:
+                raise InputError(job.problem)
+            for note in _inpaint_file(pipe, job, args):
+                _warn(f"{job.image}: {note}", bar)
+            progress.done += 1
+        except Exception as error:  # every failure of one photo is reported and the run goes on
+            message = _describe(error, job)
             failed.append(message)
-            tqdm.write(f"med-inpaint: error: {message}", file=sys.stderr)
+            _error(message, bar)
     elapsed = time.perf_counter() - started
     if folder_mode or failed:
-        print(f"{done} inpainted, {len(failed)} failed, in {elapsed:.1f} s" + (f" -> {output_path}" if done else ""))
-    elif done:
-        print(f"wrote {output_path} in {elapsed:.1f} s")
+        target = f" -> {output_path}" if progress.done else ""
+        print(f"{progress.done} inpainted, {len(failed)} failed, in {elapsed:.1f} s{target}")
+    elif progress.done:
+        print(f"wrote {jobs[0].output} in {elapsed:.1f} s")
     return 1 if failed else 0
 
 
-def _jobs(image: Path, mask: Path, output: Path) -> Iterator[tuple[Path, Path | None, Path]]:
-    """(image, mask or None when unmatched, output) for a file pair or for every photo of a folder."""
-    if not image.exists():
-        raise InputError(f"no such file or folder: {image}")
-    if not mask.exists():
-        raise InputError(f"no such file or folder: {mask}")
+@dataclass
+class _Progress:
+    done: int = 0
+    total: int = 0
+
+    def summary(self) -> str:
+        return f"{self.done} of {self.total} photos done, finished results are kept"
+
+
+# --- planning --------------------------------------------------------------------------------------------
+
+
+def plan_jobs(image: Path, mask: Path, output: Path) -> list[Job]:
+    """The photos to inpaint: one `Job` per file pair, or per photo of a folder (masks matched by name).
+
+    Photos that cannot be done (no or ambiguous mask, an output shared with another photo) get a `problem` and
+    fail on their own; problems with the command as a whole raise `InputError`.
+    """
+    for path, option in ((image, "--image"), (mask, "--mask")):
+        if not path.exists():
+            raise InputError(f"{option}: no such file or folder: {path}")
     if image.is_file():
         if mask.is_dir():
             raise InputError(f"--image is a file but --mask {mask} is a folder")
         if output.is_dir():
             output = output / f"{image.stem}.png"
-        yield image, mask, output
-        return
+        _check_output_format(output)
+        return [Job(image, mask, output)]
     if not mask.is_dir():
         raise InputError(f"--image is a folder, so --mask must be a folder too (got the file {mask})")
     if output.exists() and not output.is_dir():
         raise InputError(f"--image is a folder, so --output must be a folder (got the file {output})")
-    photos = sorted(p for p in image.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    photos = image_files(image)
+    masks = image_files(mask)
+    if _same_path(image, mask):
+        # One folder for both: "a_mask.png" is the mask of "a.jpg", not a photo of its own.
+        masks = [path for path in photos if path.stem.endswith(MASK_SUFFIX)]
+        photos = [path for path in photos if not path.stem.endswith(MASK_SUFFIX)]
     if not photos:
         raise InputError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {image}")
-    masks = {p.stem: p for p in mask.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS}
-    for photo in photos:
-        matched = masks.get(photo.stem) or masks.get(f"{photo.stem}_mask")
-        yield photo, matched, output / f"{photo.stem}.png"
+    jobs = [_match_mask(photo, masks, mask, output / f"{photo.stem}.png") for photo in photos]
+    _mark_shared_outputs(jobs)
+    return jobs
+
+
+def _match_mask(photo: Path, masks: list[Path], mask_folder: Path, output: Path) -> Job:
+    candidates = [path for path in masks if path.stem in (photo.stem, f"{photo.stem}{MASK_SUFFIX}")]
+    if not candidates:
+        return Job(photo, None, output, f"{photo}: no mask with a matching name in {mask_folder}")
+    if len(candidates) > 1:
+        names = " and ".join(path.name for path in candidates)
+        return Job(photo, None, output, f"{photo}: ambiguous mask, both {names} in {mask_folder} match")
+    return Job(photo, candidates[0], output)
+
+
+def _mark_shared_outputs(jobs: list[Job]) -> None:
+    """Photos that would write the same output file (a.jpg and a.png -> a.png) all fail: none replaces another."""
+    by_output: dict[str, list[Job]] = {}
+    for job in jobs:
+        by_output.setdefault(os.path.normcase(os.path.abspath(job.output)), []).append(job)
+    for sharing in by_output.values():
+        if len(sharing) > 1:
+            names = " and ".join(job.image.name for job in sharing)
+            for job in sharing:
+                if job.problem is None:
+                    job.problem = f"{job.image}: {names} would both be written to {job.output}; rename one of them"
+
+
+def refuse_overwriting_inputs(jobs: list[Job], image: Path, mask: Path, output: Path) -> None:
+    """Raise `InputError` if any output would replace an input file, however the paths are spelled.
+
+    Compares files, not spellings: relative and absolute paths, `..`, symbolic and hard links and, on file
+    systems that ignore case, letter case all resolve to the same file. An output folder that is the photo or
+    mask folder is refused outright.
+    """
+    if image.is_dir() and output.is_dir():
+        for folder, what in ((image, "photo"), (mask, "mask")):
+            if _same_path(output, folder):
+                raise InputError(
+                    f"--output {output} is the {what} folder: results would replace the {what}s there; "
+                    "choose another folder"
+                )
+    inputs = [path for job in jobs for path in (job.image, job.mask) if path is not None]
+    for job in jobs:
+        for source in inputs:
+            if _same_path(job.output, source):
+                raise InputError(
+                    f"--output {job.output} is the input {source}: the result would replace it; "
+                    "choose another output path"
+                )
+
+
+def _same_path(first: Path, second: Path) -> bool:
+    """Whether two paths name the same file or folder (both must exist to be the same)."""
+    try:
+        return os.path.samefile(first, second)
+    except OSError:
+        return False
+
+
+def _check_output_format(output: Path) -> None:
+    try:
+        output_format(output)
+    except OutputFormatError as error:
+        raise InputError(f"--output: {error}") from None
+
+
+def _prepare_output_folder(folder: Path) -> None:
+    """Create `folder` if needed and make sure results can be written there, before any work is done."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create the output folder {folder}: {error.strerror}") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write into the output folder {folder}: permission denied")
+
+
+# --- running ---------------------------------------------------------------------------------------------
 
 
 def _load_pipeline(args: argparse.Namespace):
     logging.getLogger("transformers").setLevel(logging.ERROR)
     from .pipeline_med import MEDInpaintPipeline
 
-    with _no_loading_bars():
-        pipe = MEDInpaintPipeline.from_pretrained(args.model).to(args.device)
-    pipe.image_processor.max_pixels = args.max_pixels
-    pipe.set_progress_bar_config(disable=True)
+    try:
+        with _no_loading_bars(), warnings.catch_warnings():
+            # torch's weights_only unpickler warns about pickle protocols before refusing a file; the refusal
+            # itself is the one line the user sees.
+            warnings.simplefilter("ignore")
+            pipe = MEDInpaintPipeline.from_pretrained(args.model).to(args.device)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # any unreadable model is one line, not a traceback
+        raise InputError(f"cannot load the model {args.model or '(default)'}: {_first_line(error)}") from None
+    pipe.set_progress_bar_config(disable=True if args.quiet or Path(args.image).is_dir() else None)
     return pipe
 
 
@@ -152,51 +300,72 @@ def _no_loading_bars() -> Iterator[None]:
             lib.enable_progress_bar()
 
 
-def _inpaint_file(pipe, image_file: Path, mask_file: Path, output_file: Path, args: argparse.Namespace) -> None:
-    image = load_image(image_file, max_pixels=args.max_pixels)
-    mask = load_image(mask_file, max_pixels=args.max_pixels)
-    if image.size != mask.size:
+def _inpaint_file(pipe, job: Job, args: argparse.Namespace) -> list[str]:
+    """Inpaint one photo and write its result; returns notes on what changed beyond the hole."""
+    image = load_image(job.image, max_pixels=args.max_pixels)
+    mask = load_image(job.mask, max_pixels=args.max_pixels)
+    image_size, mask_size = _size(image), _size(mask)
+    if image_size != mask_size:
         raise InputError(
-            f"{image_file}: mask {mask_file} is {mask.size[0]}x{mask.size[1]} but the image is "
-            f"{image.size[0]}x{image.size[1]}"
+            f"{job.image}: mask {job.mask} is {mask_size[0]}x{mask_size[1]} but the image is "
+            f"{image_size[0]}x{image_size[1]}"
         )
-    result = pipe(
+    notes = reading_notes(image)
+    output = pipe(
         image=image,
         mask_image=mask,
         mask_dilation=args.mask_dilation,
         mask_blur=args.mask_blur,
         hd_strategy=args.hd_strategy,
         hd_strategy_crop_margin=args.hd_crop_margin,
-    ).images[0]
-    save_atomically(result, output_file, icc_profile=image.info.get("icc_profile"))
+        max_pixels=args.max_pixels,
+        output_type="input",
+    )
+    if output.filled_pixels[0] == 0:
+        notes.append(f"the mask {job.mask} has no white pixel (> 127): nothing to fill, the result is the photo")
+    icc_profile = None if isinstance(image, np.ndarray) else image.info.get("icc_profile")
+    return notes + write_result(output.images[0], job.output, icc_profile=icc_profile)
 
 
-def save_atomically(image, path: Path, icc_profile: bytes | None = None) -> None:
-    """Write `image` to `path` completely or not at all: a temporary file in the same folder, then a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    options = {"icc_profile": icc_profile} if icc_profile else {}
-    if path.suffix.lower() in (".jpg", ".jpeg"):
-        options["quality"] = 95
-        if image.mode not in ("RGB", "L"):
-            image = image.convert("RGB")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format=_format_for(path), **options)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+def _size(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a PIL image or an (H, W, ...) array."""
+    return (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
 
 
-def _format_for(path: Path) -> str:
-    from PIL import Image
+def _describe(error: Exception, job: Job) -> str:
+    """One line for a failed photo, naming the file."""
+    import torch
 
-    extension = path.suffix.lower()
-    formats = Image.registered_extensions()
-    if extension not in formats:
-        raise InputError(f"cannot tell the image format of the output {path}; use e.g. .png")
-    return formats[extension]
+    if isinstance(error, ImageTooLargeError):
+        return error.describe("--max-pixels")
+    if isinstance(error, MemoryError | torch.OutOfMemoryError):
+        # One photo too large for this machine must not end a folder run (and MemoryError has no text).
+        message = f"out of memory ({type(error).__name__}); lower --max-pixels or use --hd-strategy crop"
+    elif isinstance(error, InputError | ImageLoadError | UnsupportedImageError | ValueError | OSError):
+        message = _first_line(error)
+    else:
+        message = f"{type(error).__name__}: {_first_line(error)}"
+    return message if str(job.image) in message else f"{job.image}: {message}"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _error(message: str, bar=None) -> None:
+    _write(f"{PROG}: error: {message}", bar)
+
+
+def _warn(message: str, bar=None) -> None:
+    _write(f"{PROG}: warning: {message}", bar)
+
+
+def _write(line: str, bar=None) -> None:
+    if bar is not None:
+        bar.write(line, file=sys.stderr)
+    else:
+        print(line, file=sys.stderr)
 
 
 if __name__ == "__main__":

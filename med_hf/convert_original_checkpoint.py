@@ -7,23 +7,25 @@ Usage:
 
 Each file is a plain state dict (optionally with the `module.` prefix of `DataParallel`); it is read with
 `torch.load(weights_only=True)`, so no pickled code runs. Every key and shape is checked before anything is
-written, and the output folder appears only once it is complete.
+written, and the output folder appears only once it is complete; an existing folder is never replaced.
+Every input problem is reported in one line and exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
-import shutil
 import sys
-import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from .atomic_files import atomic_folder
 from .configuration_med import FEATURE_MASK_MODES, MEDConfig
-from .modeling_med import MEDModel
+from .modeling_med import MEDModel, check_finite_weights
 
 NETWORKS = ("EN", "DE", "MEDFE")
 
@@ -78,7 +80,20 @@ _KEY_RULES: list[tuple[str, str, str]] = [
 
 
 class CheckpointMismatchError(ValueError):
-    """The original state dicts do not match the MEDFE architecture."""
+    """The original state dicts do not match the MEDFE architecture.
+
+    Attributes:
+        problems: every missing, unexpected or mis-shaped key, one line each.
+    """
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+        super().__init__(f"the checkpoint does not match the MEDFE architecture: {len(problems)} problem(s): {shown}")
+
+
+class CheckpointReadError(ValueError):
+    """A file that is not a state dict of tensors that `torch.load(weights_only=True)` can read."""
 
 
 def original_to_hf_key(network: str, key: str) -> str | None:
@@ -129,18 +144,35 @@ def convert_state_dicts(
                 converted[target] = value.detach().to(torch.float32).contiguous()
     problems += [f"missing key for {key}" for key in sorted(expected.keys() - converted.keys())]
     if problems:
-        shown = "\n  ".join(problems[:40]) + (f"\n  ... and {len(problems) - 40} more" if len(problems) > 40 else "")
-        raise CheckpointMismatchError(f"{len(problems)} problem(s) in the original checkpoint:\n  {shown}")
+        raise CheckpointMismatchError(problems)
     return converted
 
 
 def load_original_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of one released file, read without running pickled code.
+
+    Raises:
+        `FileNotFoundError`: no such file.
+        `CheckpointReadError`: not a PyTorch file, a pickle holding more than tensors, or not a state dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such checkpoint file: {path}")
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol before refusing a file; the refusal is what the user reads.
+            warnings.simplefilter("ignore", UserWarning)
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointReadError(
+            f"{path} cannot be read safely: it is not a PyTorch file, or it pickles objects other than tensors "
+            "(refused: weights_only loading never runs code from a file)"
+        ) from None
+    except (RuntimeError, EOFError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointReadError(f"{path} is not a readable PyTorch file: {reason}") from None
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise CheckpointMismatchError(f"{path} does not hold a state dict of tensors")
+        raise CheckpointReadError(f"{path} does not hold a state dict of tensors")
     return dict(state_dict)
 
 
@@ -151,7 +183,16 @@ def convert_checkpoint(
     output_dir: str | Path,
     feature_mask: str = "released",
 ) -> Path:
-    """Convert the three released files and write a `MEDModel.from_pretrained`-loadable folder."""
+    """Convert the three released files and write a `MEDModel.from_pretrained`-loadable folder.
+
+    Raises:
+        `FileExistsError`: `output_dir` exists (it is never replaced).
+        `CheckpointReadError`, `CheckpointMismatchError`, `FileNotFoundError`: see `load_original_state_dict`
+            and `convert_state_dicts`.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists():
+        raise FileExistsError(17, "already exists; remove it or choose another --output-dir", str(output_dir))
     config = MEDConfig(feature_mask=feature_mask)
     state_dicts = {
         "EN": load_original_state_dict(encoder),
@@ -161,17 +202,10 @@ def convert_checkpoint(
     converted = convert_state_dicts(state_dicts, config)
     model = MEDModel(config)
     model.load_state_dict(converted, strict=True, assign=True)
+    check_finite_weights(model)
 
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with atomic_folder(output_dir) as staging:
         model.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        staging.rename(output_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output_dir
 
 
@@ -191,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = convert_checkpoint(args.encoder, args.decoder, args.medfe, args.output_dir, args.feature_mask)
-    except (OSError, CheckpointMismatchError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (OSError, ValueError) as error:  # CheckpointReadError, CheckpointMismatchError, non-finite weights
+        message = f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.filename else error
+        print(f"convert_original_checkpoint: error: {message}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
     return 0

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -43,6 +44,9 @@ SIZE_MULTIPLE = 64
 MASK_THRESHOLD = 127
 
 _EXIF_ORIENTATION = 0x0112
+# `load_image` lifts PIL's decompression-bomb limit (a process-wide setting) while it opens a file, its own
+# `max_pixels` check taking its place.
+_PIL_LIMIT_LOCK = threading.Lock()
 # ITU-R 601-2 luma, the weights of PIL's convert("L").
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 # Modes whose pixels are kept as they are, paired with the numpy dtype PIL uses for their raw bytes.
@@ -51,6 +55,15 @@ _KEPT_MODES = {"L", "LA", "RGB", "RGBA", *_HIGH_DEPTH_MODES}
 # Modes the network cannot use directly are converted once, on input; any other mode becomes RGB.
 _CONVERTED_MODES = {"1": "L", "La": "LA", "RGBa": "RGBA", "PA": "RGBA"}
 _MODES_BY_CHANNELS = {1: "L", 2: "LA", 3: "RGB", 4: "RGBA"}
+# Half-width of PIL's resampling filters in target pixels (libImaging/Resample.c), scaled by the shrink factor.
+_FILTER_SUPPORT = {
+    Image.Resampling.NEAREST: 0.5,
+    Image.Resampling.BOX: 0.5,
+    Image.Resampling.BILINEAR: 1.0,
+    Image.Resampling.HAMMING: 1.0,
+    Image.Resampling.BICUBIC: 2.0,
+    Image.Resampling.LANCZOS: 3.0,
+}
 # A Gaussian is close enough to zero three sigmas out that the feather can stop there.
 _FEATHER_SIGMAS = 3.0
 # Worst case (16-bit RGBA) peak bytes per pixel: input and output pixels (2 x 8), float32 working RGB (12),
@@ -59,11 +72,35 @@ _BYTES_PER_PIXEL = 90
 
 
 class ImageTooLargeError(ValueError):
-    """An image has more pixels than the configured limit or than PIL's decompression-bomb limit."""
+    """An image has more pixels than the configured limit.
+
+    Attributes:
+        width, height: the image's size.
+        max_pixels: the limit it exceeds.
+        source: the file it was read from, if any.
+    """
+
+    def __init__(self, width: int, height: int, max_pixels: int, source: str | None = None):
+        self.width, self.height, self.max_pixels, self.source = width, height, max_pixels, source
+        super().__init__(self.describe("max_pixels"))
+
+    def describe(self, option: str) -> str:
+        """The message, telling how to raise the limit with `option` (e.g. a CLI's `--max-pixels`)."""
+        prefix = f"{self.source}: " if self.source else ""
+        return (
+            f"{prefix}image of {self.width}x{self.height} pixels ({self.width * self.height / 1e6:.1f} MP) exceeds "
+            f"the limit of {self.max_pixels / 1e6:.1f} MP; processing it would need about "
+            f"{estimate_memory_bytes(self.width, self.height) / 2**30:.1f} GiB of memory. Downscale it first, or "
+            f"raise {option} if this machine has the memory."
+        )
 
 
 class ImageLoadError(ValueError):
     """A file is not an image, or is corrupt or truncated so that it cannot be decoded."""
+
+
+class UnsupportedImageError(ValueError):
+    """An image that cannot be processed faithfully, such as an animation (only still images are inpainted)."""
 
 
 @dataclass(frozen=True)
@@ -139,55 +176,100 @@ def estimate_memory_bytes(width: int, height: int) -> int:
     return width * height * _BYTES_PER_PIXEL
 
 
-def check_image_size(width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
+def check_image_size(
+    width: int, height: int, max_pixels: int | None = DEFAULT_MAX_PIXELS, source: str | None = None
+) -> None:
     """Raise `ImageTooLargeError` if a `width` x `height` image has more than `max_pixels` pixels.
 
-    `max_pixels=None` disables the check.
+    `max_pixels=None` disables the check; `source` names the file in the message.
     """
-    if max_pixels is None or width * height <= max_pixels:
-        return
-    raise ImageTooLargeError(
-        f"Image of {width}x{height} pixels ({width * height / 1e6:.1f} MP) exceeds the limit of "
-        f"{max_pixels / 1e6:.1f} MP; processing it would need about "
-        f"{estimate_memory_bytes(width, height) / 2**30:.1f} GiB of memory. Downscale it first, or raise "
-        "`max_pixels` if this machine has the memory."
-    )
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLargeError(width, height, max_pixels, source)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image | np.ndarray:
     """Open an image file, decode it fully and apply its EXIF orientation.
 
-    The size is checked against `max_pixels` from the header, before any pixel is decoded. Decoding happens
-    here so that a corrupt or truncated file fails now, with its name, rather than later inside the pipeline.
+    The size is checked against `max_pixels` from the header, before any pixel is decoded; that check replaces
+    PIL's own decompression-bomb limit, so `max_pixels` alone decides. Decoding happens here so that a corrupt
+    or truncated file fails now, with its name, rather than later inside the pipeline.
 
     Returns:
-        `PIL.Image.Image` in the file's own mode, upright, detached from the file.
+        `PIL.Image.Image` in the file's own mode, upright, detached from the file; for 16-bit colour files
+        (RGB or RGBA with 16 bits per channel, which PIL would cut to 8 bits) a uint16 array (H, W, 3 or 4)
+        instead, decoded with OpenCV.
 
     Raises:
         `FileNotFoundError`: no such file.
-        `ImageLoadError`: the file is not an image PIL can read, or cannot be decoded.
-        `ImageTooLargeError`: the image exceeds `max_pixels` or PIL's decompression-bomb limit.
+        `ImageLoadError`: the file is not an image that can be read, or cannot be decoded.
+        `ImageTooLargeError`: the image exceeds `max_pixels`.
+        `UnsupportedImageError`: an animated or multi-page image (only still images are inpainted).
     """
+    name = os.fspath(path)
     try:
-        image = Image.open(path)
-    except Image.DecompressionBombError as err:
-        raise ImageTooLargeError(
-            f"{os.fspath(path)}: PIL refused to open it as a possible decompression bomb ({err}). If the "
-            "image is genuine, raise PIL.Image.MAX_IMAGE_PIXELS."
-        ) from err
+        with _PIL_LIMIT_LOCK:
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
     except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{os.fspath(path)} is not an image file PIL can read.") from err
+        raise ImageLoadError(f"{name} is not an image file PIL can read.") from err
     with image:
-        try:
-            check_image_size(*image.size, max_pixels=max_pixels)
-        except ImageTooLargeError as err:
-            raise ImageTooLargeError(f"{os.fspath(path)}: {err}") from None
+        check_image_size(*image.size, max_pixels=max_pixels, source=name)
+        frames = getattr(image, "n_frames", 1)
+        if frames > 1:
+            raise UnsupportedImageError(
+                f"{name} is an animated or multi-page image ({frames} frames); only still images can be "
+                "inpainted: save the frame to fill as an image of its own"
+            )
+        if _is_deep_color(image):
+            return _orient(_read_deep_color(name), image.getexif().get(_EXIF_ORIENTATION, 1))
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as err:
-            raise ImageLoadError(f"Could not decode {os.fspath(path)} (corrupt or truncated?): {err}") from err
+            raise ImageLoadError(f"Could not decode {name} (corrupt or truncated?): {err}") from err
         # exif_transpose always returns a new image, which survives the file being closed.
         return ImageOps.exif_transpose(image)
+
+
+def _is_deep_color(image: Image.Image) -> bool:
+    """Whether the file holds 16 bits per colour channel, which PIL decodes to its 8-bit RGB / RGBA modes."""
+    if image.mode not in ("RGB", "RGBA") or not image.tile:
+        return False
+    args = image.tile[0].args
+    rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
+    return isinstance(rawmode, str) and ";16" in rawmode
+
+
+def _read_deep_color(name: str) -> np.ndarray:
+    try:
+        import cv2
+    except ImportError as err:
+        raise UnsupportedImageError(
+            f"{name} has 16 bits per colour channel; reading it without losing them needs OpenCV "
+            "(pip install opencv-python-headless)"
+        ) from err
+    pixels = cv2.imdecode(np.fromfile(name, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
+        raise ImageLoadError(f"Could not decode {name} as a 16-bit colour image (corrupt or truncated?)")
+    order = [2, 1, 0, 3][: pixels.shape[-1]]  # OpenCV's BGR(A) -> RGB(A)
+    return np.ascontiguousarray(pixels[..., order])
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (1-8) to an (H, W, C) array, as `ImageOps.exif_transpose` does to an image."""
+    transforms = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+        8: lambda a: np.rot90(a, 1),
+    }
+    transform = transforms.get(orientation)
+    return np.ascontiguousarray(transform(pixels)) if transform else pixels
 
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
@@ -564,28 +646,41 @@ def resize_image(
 def resize_mask(
     mask: np.ndarray,
     size: tuple[int, int],
-    method: Literal["area", "nearest"] = "area",
-    threshold: float = 0.0,
+    resample: Image.Resampling = Image.Resampling.LANCZOS,
 ) -> np.ndarray:
-    """Resize a boolean hole map to `size` = (width, height).
+    """Resize a boolean hole map to `size` = (width, height) for an image resized with `resample`.
+
+    A resized pixel is a hole when any pixel its filter reads (the footprint `resize_image` uses, from PIL's
+    filter support) is a hole, so a pixel counts as known only if everything it is made from is known: resized
+    known pixels never carry what the holes held, nor the blank they were erased to.
 
     Args:
         mask: bool (H, W), True on holes.
         size: target (width, height).
-        method: `"area"` averages the hole coverage of each target pixel and keeps those above `threshold`;
-            the default threshold 0 marks every pixel that touches a hole, so shrinking loses no hole pixel.
-            `"nearest"` samples the nearest source pixel.
-        threshold: coverage fraction in [0, 1) for `"area"`.
+        resample: the PIL filter the image is resized with.
 
     Returns:
         bool (height, width).
     """
-    if method == "nearest":
-        return np.asarray(Image.fromarray(mask).resize(size, Image.Resampling.NEAREST))
-    if method == "area":
-        coverage = Image.fromarray(mask.astype(np.float32)).resize(size, Image.Resampling.BOX)
-        return np.asarray(coverage) > threshold
-    raise ValueError(f"Unknown mask resize method {method!r}; use 'area' or 'nearest'.")
+    height, width = mask.shape
+    grown = mask.astype(np.uint8)
+    for axis, (old, new) in enumerate(((height, size[1]), (width, size[0]))):
+        # PIL reads `support * max(scale, 1)` source pixels either side of a target pixel's centre; one more
+        # covers the rounding of that window's bounds.
+        reach = math.ceil(_FILTER_SUPPORT[resample] * max(old / new, 1.0)) + 1
+        grown = ndimage.maximum_filter1d(grown, 2 * reach + 1, axis=axis, mode="constant")
+    # A box filter with threshold 0 marks every target pixel whose area touches the grown holes.
+    coverage = Image.fromarray(grown.astype(np.float32)).resize(size, Image.Resampling.BOX)
+    return np.asarray(coverage) > 0
+
+
+def erase_holes(rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`rgb` (H, W, 3) with its hole pixels set to 0: what every later step may read of the photo.
+
+    Everything downstream of the mask (resampling, the network, the texture search, compositing) starts from
+    this, so the result depends on the known pixels and the mask alone, never on what the mask hides.
+    """
+    return np.where(hole[..., None], np.float32(0), rgb)
 
 
 # --- compositing and output ------------------------------------------------------------------------------
@@ -715,59 +810,124 @@ def _pixels_to_pil(pixels: np.ndarray, mode: str) -> Image.Image:
 # --- settings bundle -------------------------------------------------------------------------------------
 
 
-@dataclass
-class MEDImageProcessor:
-    """Pre- and post-processing settings of the MEDFE inpainting pipeline, in the spirit of diffusers'
-    `VaeImageProcessor`, for photos of any size.
+class NetworkTile(NamedTuple):
+    """One network input of a pipeline call: `box` of the photo, brought to the network's `size`.
 
-    A pipeline call goes: `preprocess` the image and `preprocess_mask` the mask, then for each box of
-    `crop_boxes` run the network on `crop_for_network` and bring its output back with `uncrop_prediction` into
-    a full-size prediction (best started from `image.rgb`), then `composite` and `postprocess`.
+    `size` is (width, height), multiples of the processor's `size_multiple`. The box is resized to it, or, when
+    `padded`, kept at its own scale and padded up to it.
+    """
+
+    box: CropBox
+    size: tuple[int, int]
+    padded: bool = False
+
+
+@dataclass(frozen=True)
+class MEDImageProcessor:
+    """Pre- and post-processing of the MEDFE inpainting pipeline, in the spirit of diffusers' `VaeImageProcessor`,
+    for photos of any size: the pipeline's only door to pixels.
+
+    A pipeline call goes: `preprocess` the image and `preprocess_mask` the mask; `tiles` plans the network
+    inputs for a high-resolution strategy; for each tile `tile_input` gives what the network sees (hidden pixels
+    erased, scaled or padded to the network's size) and `tile_output` brings the network's prediction back to
+    the tile's box at full resolution; `composite` pastes it into the photo and `postprocess` returns the result.
 
     Args:
         working_size: side the network works at; crops are scaled so their longer side has it.
         size_multiple: the network needs both sides to be multiples of this.
-        crop_margin: context in pixels kept around each hole region.
-        max_pixels: largest image accepted, `None` for no limit.
-        resample: PIL filter for images.
-        mask_resize: `"area"` or `"nearest"`, see `resize_mask`.
+        resample: PIL filter for images (hole maps follow its footprint, see `resize_mask`).
     """
 
     working_size: int = DEFAULT_WORKING_SIZE
     size_multiple: int = SIZE_MULTIPLE
-    crop_margin: int = DEFAULT_CROP_MARGIN
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
     resample: Image.Resampling = Image.Resampling.LANCZOS
-    mask_resize: Literal["area", "nearest"] = "area"
 
-    def preprocess(self, image: ImageInput) -> NormalizedImage:
+    def preprocess(self, image: ImageInput, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> NormalizedImage:
         """See `normalize_image`."""
-        return normalize_image(image, max_pixels=self.max_pixels)
+        return normalize_image(image, max_pixels=max_pixels)
 
-    def preprocess_mask(self, mask: ImageInput, image: NormalizedImage, dilation: int = 0) -> np.ndarray:
+    def preprocess_mask(
+        self,
+        mask: ImageInput,
+        image: NormalizedImage,
+        dilation: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> np.ndarray:
         """Bool (H, W) hole map checked against `image`'s size, see `prepare_mask`."""
-        return prepare_mask(mask, image_size=image.size, dilation=dilation, max_pixels=self.max_pixels)
+        return prepare_mask(mask, image_size=image.size, dilation=dilation, max_pixels=max_pixels)
 
-    def crop_boxes(self, mask: np.ndarray) -> list[CropBox]:
+    def crop_boxes(self, mask: np.ndarray, margin: int = DEFAULT_CROP_MARGIN) -> list[CropBox]:
         """See `mask_crop_boxes`."""
-        return mask_crop_boxes(mask, margin=self.crop_margin, min_size=self.working_size)
+        return mask_crop_boxes(mask, margin=margin, min_size=self.working_size)
 
-    def crop_for_network(self, image: NormalizedImage, mask: np.ndarray, box: CropBox) -> tuple[np.ndarray, np.ndarray]:
-        """Cut `box` out of the working RGB and the mask, scaled to the network's size.
+    def tiles(
+        self, mask: np.ndarray, strategy: Literal["crop", "resize", "original"], crop_margin: int = DEFAULT_CROP_MARGIN
+    ) -> list[NetworkTile]:
+        """The network inputs that fill every hole of `mask` (bool (H, W)) with a high-resolution strategy.
 
-        Returns:
-            float32 RGB (h, w, 3) in [0, 1] and bool mask (h, w), with (w, h) from `network_size`.
+        `"crop"`: one tile per group of nearby holes (see `crop_boxes`), scaled to the working size; `"resize"`:
+        the whole photo scaled to the working size; `"original"`: the whole photo padded to a multiple of
+        `size_multiple`. Without holes there is nothing to run: an empty list.
         """
-        size = network_size(box.width, box.height, self.working_size, self.size_multiple)
-        rows, cols = box.slices
-        return (
-            resize_image(image.rgb[rows, cols], size, self.resample),
-            resize_mask(mask[rows, cols], size, self.mask_resize),
-        )
+        if not mask.any():
+            return []
+        height, width = mask.shape
+        if strategy == "crop":
+            boxes = self.crop_boxes(mask, crop_margin)
+        elif strategy in ("resize", "original"):
+            boxes = [CropBox(0, 0, width, height)]
+        else:
+            raise ValueError(f"Unknown strategy {strategy!r}; use 'crop', 'resize' or 'original'.")
+        if strategy == "original":
+            multiple = self.size_multiple
+            return [NetworkTile(boxes[0], (-(-width // multiple) * multiple, -(-height // multiple) * multiple), True)]
+        return [
+            NetworkTile(box, network_size(box.width, box.height, self.working_size, self.size_multiple))
+            for box in boxes
+        ]
 
-    def uncrop_prediction(self, prediction: np.ndarray, box: CropBox) -> np.ndarray:
-        """Scale the network's float (h, w, 3) output in [0, 1] back to float32 (box.height, box.width, 3)."""
+    def tile_input(self, rgb: np.ndarray, mask: np.ndarray, tile: NetworkTile) -> tuple[np.ndarray, np.ndarray]:
+        """What the network sees of `tile`: float32 RGB (h, w, 3) in [0, 1] with its holes erased and bool holes
+        (h, w), with (w, h) = `tile.size`.
+
+        Hidden pixels are erased before any resampling (`erase_holes`), and a resampled pixel is a hole unless
+        every pixel it is made from is known (`resize_mask`); padding reflects pixels and holes alike.
+        """
+        rows, cols = tile.box.slices
+        hole = mask[rows, cols]
+        known = erase_holes(rgb[rows, cols], hole)
+        if not tile.padded:
+            return resize_image(known, tile.size, self.resample), resize_mask(hole, tile.size, self.resample)
+        width, height = tile.size
+        padding = ((0, height - hole.shape[0]), (0, width - hole.shape[1]))
+        mode = "reflect" if min(hole.shape) > 1 else "edge"
+        return np.pad(known, (*padding, (0, 0)), mode=mode), np.pad(hole, padding, mode=mode)
+
+    def tile_output(self, prediction: np.ndarray, tile: NetworkTile) -> np.ndarray:
+        """The network's float (h, w, 3) prediction in [0, 1] for `tile` -> float32 (box height, box width, 3)."""
+        box = tile.box
+        if tile.padded:
+            return prediction[: box.height, : box.width]
         return resize_image(prediction, (box.width, box.height), self.resample)
+
+    def known_pixels(self, image: NormalizedImage, mask: np.ndarray, box: CropBox) -> np.ndarray:
+        """Float32 RGB (box height, box width, 3) in [0, 1] of `box` with the holes erased (see `erase_holes`)."""
+        rows, cols = box.slices
+        return erase_holes(image.rgb[rows, cols], mask[rows, cols])
+
+    def composite(
+        self,
+        image: NormalizedImage,
+        prediction: np.ndarray,
+        mask: np.ndarray,
+        blur: float = 0,
+        box: CropBox | None = None,
+    ) -> np.ndarray:
+        """`composite` of `prediction` into the input's own pixels, within `box` (default: the whole image)."""
+        if box is None:
+            return composite(image.pixels, prediction, mask, blur)
+        rows, cols = box.slices
+        return composite(image.pixels[rows, cols], prediction, mask[rows, cols], blur)
 
     def postprocess(
         self, pixels: np.ndarray, image: NormalizedImage, output_type: OutputType = "pil"

@@ -8,6 +8,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .atomic_files import write_text
 from .configuration_med import MEDConfig
 
 TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
@@ -82,9 +83,7 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     folder = Path(folder)
     card = render_model_card(MEDConfig.from_pretrained(folder), **kwargs)
     target = folder / "README.md"
-    temporary = target.with_suffix(".md.tmp")
-    temporary.write_text(str(card), encoding="utf-8")
-    temporary.replace(target)
+    write_text(target, str(card))
     return target
 
 

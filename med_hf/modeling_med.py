@@ -17,10 +17,13 @@ are kept by default and their corrected variants) while computing it differently
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
@@ -30,6 +33,8 @@ from .configuration_med import MEDConfig
 from .winograd import MAX_KERNEL_SIZE, transform_kernel, winograd_conv2d, winograd_plan
 
 # Spatial reduction between the image and the grid on which features are filled and equalised.
+# The default model ships inside the package; `from_pretrained()` without an argument loads it.
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 FEATURE_STRIDE = 8
 # Total downsampling of the encoder: image sides must be multiples of it.
 SIZE_MULTIPLE = 64
@@ -665,7 +670,7 @@ class MEDModel(MEDPreTrainedModel):
     >>> import torch
     >>> from med_hf import MEDModel
 
-    >>> model = MEDModel.from_pretrained("path/to/model").eval()
+    >>> model = MEDModel.from_pretrained().eval()  # the shipped default model; or a folder / Hub repo id
     >>> image = torch.rand(1, 3, 256, 256) * 2 - 1  # RGB in [-1, 1]
     >>> mask = torch.zeros(1, 1, 256, 256)
     >>> mask[..., 96:160, 96:160] = 1  # 1 = hole
@@ -745,17 +750,45 @@ class MEDModel(MEDPreTrainedModel):
         expected = (pixel_values.shape[0], 1, height, width)
         if tuple(mask.shape) != expected:
             raise ValueError(f"mask must have shape {expected} to match pixel_values, got {tuple(mask.shape)}")
-        return mask > 0.5
+        hole = mask > 0.5
+        # One NaN among the known pixels spreads through every convolution to the whole output; the hole's own
+        # values are never read, so they may hold anything.
+        non_finite = ~torch.isfinite(pixel_values) & ~hole
+        if non_finite.any():
+            raise ValueError(
+                f"pixel_values holds {int(non_finite.sum())} NaN or infinite values outside the hole; "
+                "known pixels must be finite"
+            )
+        return hole
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        """Like [`PreTrainedModel.from_pretrained`], but refuses checkpoints that lack the frozen mask kernels.
+    def from_pretrained(cls, pretrained_model_name_or_path=None, *args, **kwargs):
+        """Like [`PreTrainedModel.from_pretrained`], with three safeguards, and the shipped default model when
+        called without a path.
 
-        Those kernels are random numbers fixed at training time; initialising them anew would silently give a
-        different network, so a checkpoint without them is an error rather than a warning.
+        - A checkpoint that lacks the frozen mask kernels is refused: they are random numbers fixed at training
+          time, and initialising them anew would silently give a different network.
+        - A weights file that cannot be read (truncated or corrupt safetensors, a pickle holding more than
+          tensors, which `weights_only` loading refuses for safety) raises `OSError` naming the folder.
+        - Weights holding NaN or infinite values raise `ValueError` naming the tensor: such a model would fill
+          holes with garbage.
         """
+        if pretrained_model_name_or_path is None:
+            if not (DEFAULT_MODEL_DIR / "config.json").is_file():
+                raise OSError(f"the default model is missing from this installation ({DEFAULT_MODEL_DIR})")
+            pretrained_model_name_or_path = DEFAULT_MODEL_DIR
         return_info = kwargs.pop("output_loading_info", False)
-        model, info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *args, output_loading_info=True, **kwargs
+            )
+        except (SafetensorError, pickle.UnpicklingError, EOFError) as error:
+            reason = (
+                "the pickle file holds more than tensors, which is refused for safety (weights_only loading)"
+                if isinstance(error, pickle.UnpicklingError)
+                else f"the weights file is truncated or corrupt ({str(error).splitlines()[0]})"
+            )
+            raise OSError(f"cannot read the weights of {pretrained_model_name_or_path}: {reason}") from error
         missing = sorted(key for key in info["missing_keys"] if key.endswith("mask_weight"))
         if missing:
             raise OSError(
@@ -763,7 +796,22 @@ class MEDModel(MEDPreTrainedModel):
                 "they cannot be regenerated. Convert the original release with "
                 "`python -m med_hf.convert_original_checkpoint`."
             )
+        check_finite_weights(model)
         return (model, info) if return_info else model
 
 
-__all__ = ["MEDInpaintingOutput", "MEDModel", "MEDPreTrainedModel", "MEDRefinementHead", "harmonic_fill"]
+def check_finite_weights(model: nn.Module) -> None:
+    """Raise `ValueError` naming the first parameter or buffer of `model` that holds NaN or infinite values."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and tensor.device.type != "meta" and not torch.isfinite(tensor).all():
+            raise ValueError(f"the model's weights are corrupt: {name} holds NaN or infinite values")
+
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "MEDInpaintingOutput",
+    "MEDModel",
+    "MEDPreTrainedModel",
+    "MEDRefinementHead",
+    "harmonic_fill",
+]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -12,28 +12,53 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 
 from .image_processing_med import (
-    CropBox,
+    DEFAULT_CROP_MARGIN,
+    DEFAULT_MAX_PIXELS,
     ImageInput,
     MEDImageProcessor,
+    NetworkTile,
     NormalizedImage,
-    composite,
-    network_size,
-    resize_image,
-    resize_mask,
 )
-from .modeling_med import SIZE_MULTIPLE, MEDModel
+from .modeling_med import DEFAULT_MODEL_DIR, SIZE_MULTIPLE, MEDModel
 
-DEFAULT_MODEL = Path(__file__).parent / "default_model"
 HDStrategy = Literal["auto", "crop", "resize", "original"]
 HD_STRATEGIES = ("auto", "crop", "resize", "original")
 # "original" runs the network on the whole photo; beyond this many pixels its activations outgrow a laptop.
 ORIGINAL_MAX_PIXELS = 1024 * 1024
 
 
+@dataclass
+class MEDInpaintPipelineOutput(ImagePipelineOutput):
+    """
+    Output of [`MEDInpaintPipeline`].
+
+    Args:
+        images (`list`): one result per input image, each of the input's size (see `output_type`).
+        filled_pixels (`list[int]`): how many pixels of each image were filled (the dilated mask's area); 0 means
+            the mask held no hole and the image came back unchanged.
+    """
+
+    filled_pixels: list[int] | None = None
+
+
+@dataclass
+class _ImageJob:
+    """One image of a call on its way through the pipeline."""
+
+    image: NormalizedImage
+    hole: np.ndarray
+    tiles: list[NetworkTile]
+    result: np.ndarray
+
+
 class MEDInpaintPipeline(DiffusionPipeline):
     r"""
     Inpainting with MEDFE: fills the white area of `mask_image` in `image` and returns the photo at its own size,
     every pixel outside the (dilated) mask bit-identical to the input.
+
+    The output is a function of the known pixels and the mask alone: pixels under the (dilated) mask are erased
+    before anything reads the photo, and a pixel resampled for the network counts as known only if every
+    full-resolution pixel it is made from is known (see [`MEDImageProcessor`]).
 
     The network works at a fixed size (`model.config.image_size`, 256 for the released and default models).
     High-resolution photos are handled like IOPaint does:
@@ -45,6 +70,10 @@ class MEDInpaintPipeline(DiffusionPipeline):
     - `"auto"` (default): `"resize"` when the longer side is at most `hd_strategy_crop_trigger_size`,
       `"crop"` above.
 
+    Network inputs of equal size, from one image or several, share a forward pass of up to `batch_size`.
+    The progress bar is off by default (a library should be quiet); `set_progress_bar_config(disable=False)`
+    shows it.
+
     Args:
         model ([`MEDModel`]): the MEDFE generator.
     """
@@ -55,6 +84,7 @@ class MEDInpaintPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(model=model)
         self.image_processor = MEDImageProcessor(working_size=model.config.image_size, size_multiple=SIZE_MULTIPLE)
+        self.set_progress_bar_config(disable=True)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None = None, **kwargs):
@@ -63,9 +93,7 @@ class MEDInpaintPipeline(DiffusionPipeline):
         Without an argument, the default model shipped inside the package is loaded.
         """
         if pretrained_model_name_or_path is None:
-            if not (DEFAULT_MODEL / "config.json").is_file():
-                raise OSError(f"the default model is missing from this installation ({DEFAULT_MODEL})")
-            pretrained_model_name_or_path = DEFAULT_MODEL
+            pretrained_model_name_or_path = DEFAULT_MODEL_DIR
         if _has_model_index(pretrained_model_name_or_path, kwargs):
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         model_kwargs = {
@@ -85,12 +113,14 @@ class MEDInpaintPipeline(DiffusionPipeline):
         mask_dilation: int = 0,
         mask_blur: float = 0,
         hd_strategy: HDStrategy = "auto",
-        hd_strategy_crop_margin: int = 128,
+        hd_strategy_crop_margin: int = DEFAULT_CROP_MARGIN,
         hd_strategy_crop_trigger_size: int = 800,
-        output_type: Literal["pil", "np", "pt"] = "pil",
+        batch_size: int = 8,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        output_type: Literal["pil", "np", "pt", "input"] = "pil",
         return_dict: bool = True,
-        generator: torch.Generator | None = None,
-    ) -> ImagePipelineOutput | tuple:
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> MEDInpaintPipelineOutput | tuple:
         r"""
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor`, path, or a list of them):
@@ -101,18 +131,22 @@ class MEDInpaintPipeline(DiffusionPipeline):
             mask_dilation (`int`, defaults to 0):
                 Grow the mask by this many pixels first, so it surely covers the object's edge.
             mask_blur (`float`, defaults to 0):
-                Feather the seam over this many pixels. Then pixels in a band around the mask change too;
-                with 0 every pixel outside the mask is returned bit-identical.
+                Feather the seam over this many pixels. Then pixels in a band around the mask change too (mixed
+                with the prediction, which never depends on what the mask hides); with 0 every pixel outside the
+                mask is returned bit-identical.
             hd_strategy (`str`, defaults to `"auto"`): `"auto"`, `"crop"`, `"resize"` or `"original"` (see class).
             hd_strategy_crop_margin (`int`, defaults to 128): context in pixels around each masked region.
             hd_strategy_crop_trigger_size (`int`, defaults to 800): longest side above which `"auto"` crops.
+            batch_size (`int`, defaults to 8): most network inputs per forward pass.
+            max_pixels (`int`, *optional*, defaults to 64,000,000): larger images are refused before they are
+                decoded (`ImageTooLargeError`); `None` for no limit.
             output_type (`str`, defaults to `"pil"`): `"pil"` (the input's mode family), `"np"` (float32 HWC in
-                [0, 1]) or `"pt"` (float32 CHW in [0, 1]).
-            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] instead of a tuple.
-            generator: accepted for API compatibility; MEDFE is deterministic.
+                [0, 1]), `"pt"` (float32 CHW in [0, 1]) or `"input"` (the input's own type, dtype and layout).
+            return_dict (`bool`, defaults to `True`): return a [`MEDInpaintPipelineOutput`] instead of a tuple.
+            generator: accepted for API compatibility; the network is deterministic.
 
         Returns:
-            [`ImagePipelineOutput`] whose `images` holds one result per input image, or `(images,)`.
+            [`MEDInpaintPipelineOutput`] whose `images` holds one result per input image, or `(images,)`.
         """
         if hd_strategy not in HD_STRATEGIES:
             raise ValueError(f"hd_strategy must be one of {', '.join(HD_STRATEGIES)}; got {hd_strategy!r}")
@@ -122,91 +156,82 @@ class MEDInpaintPipeline(DiffusionPipeline):
             raise ValueError(
                 f"mask_blur ({mask_blur}) cannot exceed hd_strategy_crop_margin ({hd_strategy_crop_margin})"
             )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         images, masks = _as_list(image), _as_list(mask_image)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
 
-        processor = dataclasses.replace(self.image_processor, crop_margin=hd_strategy_crop_margin)
-        results = []
+        processor = self.image_processor
+        jobs = []
         for item, mask_item in zip(images, masks, strict=True):
-            normalized = processor.preprocess(item)
-            hole = processor.preprocess_mask(mask_item, normalized, dilation=mask_dilation)
-            pixels = self._inpaint(processor, normalized, hole, mask_blur, hd_strategy, hd_strategy_crop_trigger_size)
-            results.append(processor.postprocess(pixels, normalized, output_type))
+            normalized = processor.preprocess(item, max_pixels=max_pixels)
+            hole = processor.preprocess_mask(mask_item, normalized, dilation=mask_dilation, max_pixels=max_pixels)
+            strategy = self._resolve_strategy(hd_strategy, normalized, hd_strategy_crop_trigger_size)
+            tiles = processor.tiles(hole, strategy, hd_strategy_crop_margin)
+            jobs.append(_ImageJob(normalized, hole, tiles, normalized.pixels.copy()))
+        self._fill(jobs, mask_blur, batch_size)
+
+        results = [processor.postprocess(job.result, job.image, output_type) for job in jobs]
+        filled = [int(job.hole.sum()) for job in jobs]
         if not return_dict:
             return (results,)
-        return ImagePipelineOutput(images=results)
+        return MEDInpaintPipelineOutput(images=results, filled_pixels=filled)
 
-    def _inpaint(
-        self,
-        processor: MEDImageProcessor,
-        image: NormalizedImage,
-        hole: np.ndarray,
-        blur: float,
-        strategy: HDStrategy,
-        trigger: int,
-    ) -> np.ndarray:
-        """The input's own pixels with the hole filled (same shape and dtype as `image.pixels`)."""
-        if not hole.any():
-            return image.pixels.copy()
+    @staticmethod
+    def _resolve_strategy(strategy: HDStrategy, image: NormalizedImage, trigger: int) -> str:
         width, height = image.size
         if strategy == "auto":
-            strategy = "resize" if max(width, height) <= trigger else "crop"
-        if strategy == "crop":
-            return self._inpaint_crops(processor, image, hole, blur)
-        if strategy == "resize":
-            size = network_size(width, height, processor.working_size, SIZE_MULTIPLE)
-            small = resize_image(image.rgb, size, processor.resample)
-            small_hole = resize_mask(hole, size, processor.mask_resize)
-            prediction = self.predict(small[None], small_hole[None])[0]
-            return composite(image.pixels, resize_image(prediction, (width, height)), hole, blur)
-        if width * height > ORIGINAL_MAX_PIXELS:
+            return "resize" if max(width, height) <= trigger else "crop"
+        if strategy == "original" and width * height > ORIGINAL_MAX_PIXELS:
             raise ValueError(
                 f"hd_strategy='original' runs the network on all {width}x{height} pixels, more than "
                 f"{ORIGINAL_MAX_PIXELS:,}; use 'crop' or 'resize' for photos this large"
             )
-        return composite(image.pixels, self._predict_padded(image.rgb, hole), hole, blur)
+        return strategy
 
-    def _inpaint_crops(
-        self, processor: MEDImageProcessor, image: NormalizedImage, hole: np.ndarray, blur: float
-    ) -> np.ndarray:
-        """Inpaint each crop box on its own; boxes hold every hole pixel plus the blur band, and never overlap."""
-        boxes = processor.crop_boxes(hole)
-        result = image.pixels.copy()
-        # Crops of equal network size share a forward pass.
-        groups: dict[tuple[int, int], list[tuple[CropBox, np.ndarray, np.ndarray]]] = {}
-        for box in boxes:
-            rgb, box_hole = processor.crop_for_network(image, hole, box)
-            groups.setdefault(rgb.shape[:2], []).append((box, rgb, box_hole))
-        with self.progress_bar(total=len(boxes)) as progress:
+    def _fill(self, jobs: list[_ImageJob], blur: float, batch_size: int) -> None:
+        """Run every tile of every job through the network and composite the predictions into `job.result`.
+
+        Tiles of equal network size share forward passes, whichever image they come from.
+        """
+        processor = self.image_processor
+        groups: dict[tuple[int, int], list[tuple[_ImageJob, NetworkTile]]] = {}
+        for job in jobs:
+            for tile in job.tiles:
+                groups.setdefault(tile.size, []).append((job, tile))
+        with self.progress_bar(total=sum(len(job.tiles) for job in jobs)) as progress:
             for group in groups.values():
-                predictions = self.predict(np.stack([g[1] for g in group]), np.stack([g[2] for g in group]))
-                for (box, _, _), prediction in zip(group, predictions, strict=True):
-                    rows, cols = box.slices
-                    result[rows, cols] = composite(
-                        image.pixels[rows, cols], processor.uncrop_prediction(prediction, box), hole[rows, cols], blur
-                    )
-                    progress.update()
-        return result
-
-    def _predict_padded(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
-        height, width = hole.shape
-        pad_h, pad_w = -height % SIZE_MULTIPLE, -width % SIZE_MULTIPLE
-        padded = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect" if min(height, width) > 1 else "edge")
-        padded_hole = np.pad(hole, ((0, pad_h), (0, pad_w)))
-        return self.predict(padded[None], padded_hole[None])[0, :height, :width]
+                for start in range(0, len(group), batch_size):
+                    chunk = group[start : start + batch_size]
+                    inputs = [processor.tile_input(job.image.rgb, job.hole, tile) for job, tile in chunk]
+                    predictions = self.predict(np.stack([i[0] for i in inputs]), np.stack([i[1] for i in inputs]))
+                    for (job, tile), prediction in zip(chunk, predictions, strict=True):
+                        rows, cols = tile.box.slices
+                        job.result[rows, cols] = processor.composite(
+                            job.image, processor.tile_output(prediction, tile), job.hole, blur, tile.box
+                        )
+                        progress.update()
 
     def predict(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """Run the network: float RGB (B, h, w, 3) in [0, 1] and bool holes (B, h, w) -> float (B, h, w, 3) in [0, 1].
 
         `h` and `w` must be multiples of 64. The output is the raw reconstruction; callers composite it.
+
+        Raises:
+            `FloatingPointError`: the network's output holds NaN or infinite values (never passed on silently).
         """
         model = self.model
         dtype = next(model.parameters()).dtype
         pixel_values = torch.from_numpy(rgb).permute(0, 3, 1, 2).to(self.device, dtype) * 2 - 1
         mask = torch.from_numpy(hole)[:, None].to(self.device, dtype)
-        reconstruction = model(pixel_values=pixel_values, mask=mask).reconstruction
-        return ((reconstruction.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        reconstruction = model(pixel_values=pixel_values, mask=mask).reconstruction.float()
+        if not torch.isfinite(reconstruction).all():
+            raise FloatingPointError(
+                "the model's output holds NaN or infinite values (numerical overflow, e.g. in float16?); "
+                "nothing was written"
+            )
+        return ((reconstruction + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _as_list(value) -> list:
@@ -238,4 +263,4 @@ def _has_model_index(path_or_repo: str | os.PathLike, kwargs: dict) -> bool:
     return True
 
 
-__all__ = ["HD_STRATEGIES", "MEDInpaintPipeline"]
+__all__ = ["HD_STRATEGIES", "MEDInpaintPipeline", "MEDInpaintPipelineOutput"]

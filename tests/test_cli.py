@@ -9,6 +9,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -20,7 +21,8 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from med_hf import MEDConfig, MEDModel
-from med_hf.cli import main, save_atomically
+from med_hf.cli import main
+from med_hf.image_files import write_result
 
 SIZE = (240, 180)
 BLOB = (90, 60, 140, 110)
@@ -165,9 +167,10 @@ def folders(tmp_path) -> tuple[Path, Path]:
     return images, masks
 
 
-def test_folder_mode_goes_on_past_bad_files_and_reports_them(capsys, model_dir, folders, tmp_path):
+def test_folder_mode_goes_on_past_bad_files_and_reports_them(capsys, model_dir, folders, tmp_path, monkeypatch):
     images, masks = folders
     output = tmp_path / "out"
+    monkeypatch.setattr(type(sys.stderr), "isatty", lambda self: True, raising=False)  # bars on a terminal
     code, out, err = run(capsys, "--image", images, "--mask", masks, "--output", output, "--model", model_dir)
     assert code == 1
     assert sorted(p.name for p in output.iterdir()) == ["a.png", "b.png", "c.png"]
@@ -195,10 +198,10 @@ def test_running_out_of_memory_on_one_photo_does_not_stop_the_folder(capsys, mod
         (images / name).unlink()
     real = med_hf.cli._inpaint_file
 
-    def exhausted_on_a(pipe, image_file, *args):
-        if image_file.stem == "a":
+    def exhausted_on_a(pipe, job, args):
+        if job.image.stem == "a":
             raise MemoryError
-        return real(pipe, image_file, *args)
+        return real(pipe, job, args)
 
     monkeypatch.setattr(med_hf.cli, "_inpaint_file", exhausted_on_a)
     output = tmp_path / "out"
@@ -262,15 +265,21 @@ def _header_decompression_bomb(tmp_path: Path) -> list[str]:
     return ["--image", str(tmp_path / "photo.png"), "--mask", str(tmp_path / "mask.png")]
 
 
+def _bomb_allowed_by_max_pixels(tmp_path: Path) -> list[str]:
+    # Above PIL's own decompression-bomb limit, but the user allowed it: --max-pixels alone decides.
+    return [*_header_decompression_bomb(tmp_path), "--max-pixels", "1000000000"]
+
+
 BAD_INPUTS = [
     (_missing_image, "no such file or folder: {tmp}/nope.png"),
     (_missing_mask, "no such file or folder: {tmp}/nope.png"),
     (_not_an_image, "{tmp}/photo.png is not an image file PIL can read."),
     (_mask_size_differs, "{tmp}/photo.png: mask {tmp}/mask.png is 241x180 but the image is 240x180"),
     (_truncated, "Could not decode {tmp}/photo.png (corrupt or truncated?)"),
-    (_over_max_pixels, "{tmp}/photo.png: Image of 240x180 pixels"),
-    (_header_over_default_limit, "{tmp}/photo.png: Image of 9000x8000 pixels (72.0 MP) exceeds the limit of 64.0"),
-    (_header_decompression_bomb, "{tmp}/photo.png: PIL refused to open it as a possible decompression bomb"),
+    (_over_max_pixels, "{tmp}/photo.png: image of 240x180 pixels (0.0 MP) exceeds the limit of 0.0 MP"),
+    (_header_over_default_limit, "{tmp}/photo.png: image of 9000x8000 pixels (72.0 MP) exceeds the limit of 64.0"),
+    (_header_decompression_bomb, "{tmp}/photo.png: image of 30000x30000 pixels (900.0 MP) exceeds the limit"),
+    (_bomb_allowed_by_max_pixels, "Could not decode {tmp}/photo.png (corrupt or truncated?)"),
 ]
 
 
@@ -283,6 +292,9 @@ def test_bad_input_gives_one_error_line_and_exit_code_1(capsys, model_dir, tmp_p
     assert len(lines) == 1, err
     assert lines[0].startswith("med-inpaint: error: ")
     assert expected.format(tmp=tmp_path) in lines[0]
+    assert "PIL" not in lines[0].replace("PIL can read", "")
+    if "exceeds the limit" in expected:
+        assert lines[0].endswith("or raise --max-pixels if this machine has the memory.")
     assert not output.exists()
 
 
@@ -292,7 +304,7 @@ def test_missing_model_folder_is_a_clear_error(capsys, pair, tmp_path):
         capsys, "--image", image, "--mask", mask, "--output", tmp_path / "r.png", "--model", tmp_path / "no-model"
     )
     assert code == 1
-    assert err.startswith("med-inpaint: error: cannot load the model: ")
+    assert err.startswith(f"med-inpaint: error: cannot load the model {tmp_path / 'no-model'}: ")
     assert len(err.splitlines()) == 1
 
 
@@ -338,7 +350,7 @@ def test_interrupted_save_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Image.Image, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save_atomically(photo(), tmp_path / "result.png")
+        write_result(photo(), tmp_path / "result.png")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from med_hf import MEDInpaintPipeline
-from med_hf.pipeline_med import DEFAULT_MODEL
+from med_hf.modeling_med import DEFAULT_MODEL_DIR
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 
@@ -31,11 +31,19 @@ def hole_psnr(result: np.ndarray, truth: np.ndarray, hole: np.ndarray) -> float:
 
 
 def test_weights_are_small_fp16_safetensors_with_a_card():
-    weights = DEFAULT_MODEL / "model.safetensors"
+    weights = DEFAULT_MODEL_DIR / "model.safetensors"
     assert weights.stat().st_size <= 30 * 2**20
     assert {tensor.dtype for tensor in load_file(weights).values()} == {torch.float16}
-    card = (DEFAULT_MODEL / "README.md").read_text()
+    card = (DEFAULT_MODEL_DIR / "README.md").read_text()
     assert "training/train_default_model.sh" in card and "Telea" in card
+
+
+def test_model_without_argument_loads_the_shipped_model(pipe):
+    from med_hf import MEDModel
+
+    model = MEDModel.from_pretrained()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, pipe.model.state_dict()[name]), name
 
 
 def test_pipeline_without_argument_loads_the_shipped_model(pipe):

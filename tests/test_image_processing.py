@@ -17,6 +17,7 @@ from med_hf.image_processing_med import (
     composite,
     convert_output,
     dilate_mask,
+    erase_holes,
     load_image,
     mask_crop_boxes,
     network_size,
@@ -505,31 +506,87 @@ def test_network_size_scales_the_long_side_and_rounds_to_64(size, expected):
     assert network_size(*size) == expected
 
 
-def test_resize_helpers():
+def test_resize_image_keeps_float_precision():
     image = np.full((30, 50, 3), 0.5, dtype=np.float32)
     resized = resize_image(image, (64, 32))
     assert resized.shape == (32, 64, 3) and resized.dtype == np.float32
     np.testing.assert_allclose(resized, 0.5, atol=1e-5)
 
+
+def test_resized_hole_covers_the_filter_footprint():
     mask = np.zeros((64, 64), dtype=bool)
     mask[33, 33] = True
-    assert resize_mask(mask, (16, 16)).sum() == 1  # area: any coverage is kept
-    assert not resize_mask(mask, (16, 16), method="nearest").any()  # nearest sampling misses it
-    assert resize_mask(np.ones((4, 4), bool), (8, 6), method="nearest").shape == (6, 8)
+    small = resize_mask(mask, (16, 16))
+    assert small[8, 8]
+    # Lanczos reads 3 target pixels either side at a 4x shrink: the neighbours of (8, 8) read (33, 33) too,
+    # pixels far away do not.
+    assert small[6:11, 6:11].all()
+    assert not small[:4].any() and not small[:, 13:].any()
+    assert resize_mask(np.ones((4, 4), bool), (8, 6)).shape == (6, 8)
 
 
-def test_processor_end_to_end_with_a_stand_in_network():
+@pytest.mark.parametrize("resample", [Image.Resampling.LANCZOS, Image.Resampling.BICUBIC, Image.Resampling.BILINEAR])
+@pytest.mark.parametrize(("shape", "size"), [((301, 187), (256, 128)), ((100, 61), (256, 192)), ((64, 64), (64, 64))])
+def test_resized_known_pixels_never_depend_on_hidden_ones(resample, shape, size):
+    rng = _rng()
+    hole = np.zeros(shape, dtype=bool)
+    hole[20:45, 10:40] = True
+    hole[rng.random(shape) < 0.002] = True
+    first = rng.random((*shape, 3), dtype=np.float32)
+    second = first.copy()
+    second[hole] = rng.random((int(hole.sum()), 3), dtype=np.float32)
+    small_hole = resize_mask(hole, size, resample)
+    assert small_hole.any() and not small_hole.all()
+    # Without any erasing: a resized pixel outside the resized hole reads no hole pixel at all.
+    np.testing.assert_array_equal(
+        resize_image(first, size, resample)[~small_hole], resize_image(second, size, resample)[~small_hole]
+    )
+
+
+def test_erase_holes_blanks_exactly_the_holes():
+    rgb = _rng().random((HEIGHT, WIDTH, 3), dtype=np.float32)
+    erased = erase_holes(rgb, _hole())
+    assert (erased[_hole()] == 0).all()
+    np.testing.assert_array_equal(erased[~_hole()], rgb[~_hole()])
+
+
+@pytest.mark.parametrize("strategy", ["crop", "resize", "original"])
+def test_processor_tiles_with_a_stand_in_network(strategy):
     processor = MEDImageProcessor()
     photo = _rng().integers(0, 256, (400, 600, 3), dtype=np.uint8)
     image = processor.preprocess(Image.fromarray(photo))
     mask = processor.preprocess_mask(_blob_mask((400, 600), (100, 100, 120, 140)), image, dilation=4)
-    prediction = image.rgb.copy()
-    for box in processor.crop_boxes(mask):
-        rgb, hole = processor.crop_for_network(image, mask, box)
-        assert rgb.shape[:2] == hole.shape and max(hole.shape) == 256
+    result = image.pixels.copy()
+    tiles = processor.tiles(mask, strategy)
+    assert len(tiles) == 1
+    for tile in tiles:
+        rgb, hole = processor.tile_input(image.rgb, mask, tile)
+        assert (hole.shape[1], hole.shape[0]) == tile.size and rgb.shape[:2] == hole.shape
         assert hole.shape[0] % 64 == 0 and hole.shape[1] % 64 == 0
-        prediction[box.slices] = processor.uncrop_prediction(1 - rgb, box)
-    out = processor.postprocess(composite(image.pixels, prediction, mask, blur=0), image)
+        assert (rgb[hole] == 0).all() or not tile.padded  # erased before padding
+        if strategy != "original":
+            assert max(hole.shape) == 256
+        rows, cols = tile.box.slices
+        result[rows, cols] = processor.composite(image, processor.tile_output(1 - rgb, tile), mask, box=tile.box)
+    out = processor.postprocess(result, image)
     assert out.size == (600, 400) and out.mode == "RGB"
     np.testing.assert_array_equal(np.asarray(out)[~mask], photo[~mask])
     assert not np.array_equal(np.asarray(out)[mask], photo[mask])
+    assert processor.tiles(np.zeros((400, 600), bool), strategy) == []
+
+
+def test_original_tiles_pad_holes_like_pixels():
+    processor = MEDImageProcessor()
+    rgb = _rng().random((70, 100, 3), dtype=np.float32)
+    mask = np.zeros((70, 100), dtype=bool)
+    mask[60:70, 90:100] = True  # touches the corner: the reflected padding must be a hole too
+    (tile,) = processor.tiles(mask, "original")
+    assert tile.size == (128, 128) and tile.padded
+    padded_rgb, padded_hole = processor.tile_input(rgb, mask, tile)
+    # Reflection without repeating the edge: rows 70-78 mirror rows 68-60, which are holes.
+    assert padded_hole[70:79, 90:100].all() and padded_hole[60:70, 100:109].all()
+    assert not padded_hole[79].any() and not padded_hole[:59].any()
+    assert (padded_rgb[padded_hole] == 0).all()
+    np.testing.assert_array_equal(
+        padded_rgb[~padded_hole], np.pad(rgb, ((0, 58), (0, 28), (0, 0)), "reflect")[~padded_hole]
+    )

@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
 from med_hf import MEDModel
+from med_hf.atomic_files import atomic_folder
 from med_hf.model_card import write_model_card
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "med_hf" / "default_model"
@@ -92,9 +92,7 @@ def _training_hours(logging_dir: Path) -> float | None:
 def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
     report = json.loads((eval_dir / "report.json").read_text())
     model = MEDModel.from_pretrained(run_dir)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".default_model.", dir=output.parent))
-    try:
+    with atomic_folder(output, replace=True) as staging:
         model.save_pretrained(staging)
         for python_file in staging.glob("*.py"):  # the package itself provides the code
             python_file.unlink()
@@ -111,15 +109,6 @@ def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
             training=training_record(run_dir),
             evaluation=report,
         )
-        # mkdtemp and some writers create owner-only entries; the package data must be readable by everyone.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return output
 
 
