@@ -15,21 +15,27 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import scipy.ndimage
 import torch
 from PIL import Image
 
 from med_hf.evaluation import (
     CLASSICAL_BASELINES,
     IMAGE_SIZE,
+    PYRAMID_KERNEL,
     ModelInpainter,
+    _binomial_blur_scipy,
     beats_summary,
+    binomial_blur,
     bucket_label,
     composite,
     evaluate_methods,
     fid_features,
     fid_from_features,
     frechet_distance,
+    high_frequency_ratio,
     l1_percent,
+    laplacian_pyramid,
     list_images,
     load_image,
     load_mask,
@@ -39,10 +45,14 @@ from med_hf.evaluation import (
     mask_path,
     masked_input,
     navier_stokes,
+    patch_centres,
     preprocess_image,
     psnr,
+    sliced_wasserstein_distance,
     ssim,
+    swd_patches,
     telea,
+    texture_summary,
     verdict_lines,
 )
 
@@ -174,6 +184,195 @@ def test_baselines_inpaint_only_the_hole(method):
     assert psnr(composite(image, result, hole), image) > 30
 
 
+# ---------------------------------------------------------------------------------- texture metrics
+
+
+def textured_image(seed: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """A photo-like RGB image: gentle shading (half of :func:`smooth_image`'s) plus fine random texture."""
+    rng = np.random.default_rng(seed)
+    texture = scipy.ndimage.gaussian_filter(rng.normal(0.0, 1.0, (size, size, 3)), (0.7, 0.7, 0))
+    shading = 128 + (smooth_image(seed, size, size).astype(np.float64) - 128) / 2
+    return np.clip(shading + 80 * texture, 0, 255).astype(np.uint8)
+
+
+def square_hole(top: int = 64, left: int = 80, side: int = 128, size: int = IMAGE_SIZE) -> np.ndarray:
+    hole = np.zeros((size, size), bool)
+    hole[top : top + side, left : left + side] = True
+    return hole
+
+
+def test_laplacian_pyramid_shapes_and_exact_properties():
+    image = textured_image(0)[:101, :70]  # odd sizes
+    pyramid = laplacian_pyramid(image)
+    assert [level.shape for level in pyramid] == [(101, 70, 3), (51, 35, 3), (26, 18, 3)]
+    assert all(level.dtype == np.float64 for level in pyramid)
+    # The same pyramid in an independent form: the 2-D kernel outer(k, k) with the mirrored border.
+    current = image / 255.0
+    kernel_2d = np.outer(PYRAMID_KERNEL, PYRAMID_KERNEL)[..., None]
+    for level in pyramid:
+        low = scipy.ndimage.convolve(current, kernel_2d, mode="reflect")
+        np.testing.assert_allclose(level, current - low, rtol=0, atol=1e-15)
+        # The mirrored binomial blur keeps the sum, so every level sums to 0 in every channel.
+        np.testing.assert_allclose(level.sum(axis=(0, 1)), 0.0, atol=1e-12)
+        current = low[::2, ::2]
+    # uint8 input is divided by 255: the same as a [0, 1] float image.
+    for level, from_float in zip(pyramid, laplacian_pyramid(image / 255.0), strict=True):
+        np.testing.assert_array_equal(level, from_float)
+
+    for level in laplacian_pyramid(np.full((40, 30, 3), 77, np.uint8)):
+        assert np.abs(level).max() < 1e-15  # no detail in a flat image
+    # An affine ramp is kept by the symmetric blur: level 0 vanishes 2 pixels or more from the border.
+    rows, cols = np.mgrid[0:32, 0:32]
+    ramp = np.stack([0.2 + 0.01 * rows + 0.005 * cols] * 3, axis=-1)
+    level0 = laplacian_pyramid(ramp, 1)[0]
+    assert np.abs(level0[2:-2, 2:-2]).max() < 1e-15 and np.abs(level0[0]).max() > 1e-3
+    # A unit impulse: the blur leaves outer(k, k) / 256 = [[..., 16, 24, ...], [..., 24, 36, ...]] / 256.
+    impulse = np.zeros((9, 9, 3))
+    impulse[4, 4] = 1.0
+    level0 = laplacian_pyramid(impulse, 1)[0][..., 0]
+    assert level0[4, 4] == pytest.approx(1 - 36 / 256, abs=1e-16)
+    assert level0[4, 5] == pytest.approx(-24 / 256, abs=1e-16)
+    assert level0[3, 3] == pytest.approx(-16 / 256, abs=1e-16)
+    assert level0[2, 6] == pytest.approx(-1 / 256, abs=1e-16)
+
+
+@pytest.mark.parametrize("shape", [(256, 256, 3), (1, 1, 3), (2, 7, 3), (33, 5, 3), (12, 9)])
+def test_binomial_blur_matches_the_protocols_scipy_form(shape):
+    image = np.random.default_rng(1).random(shape)
+    np.testing.assert_allclose(binomial_blur(image), _binomial_blur_scipy(image), rtol=0, atol=1e-15)
+
+
+def test_high_frequency_ratio():
+    target, hole = textured_image(1), square_hole()
+    assert high_frequency_ratio(target, target, hole) == 1.0
+    # A flat fill only keeps the step at the hole's boundary.
+    mean_colour = np.broadcast_to(target[hole].mean(axis=0).round().astype(np.uint8), target.shape)
+    assert high_frequency_ratio(composite(target, mean_colour, hole), target, hole) < 0.05
+    # Noise adds detail.
+    noise = np.random.default_rng(2).normal(0.0, 40.0, target.shape)
+    noisy = np.clip(target + noise, 0, 255).astype(np.uint8)
+    assert high_frequency_ratio(composite(target, noisy, hole), target, hole) > 1.0
+    # The more blur, the less fine detail.
+    ratios = []
+    for sigma in (0.5, 1.0, 2.0):
+        blurred = scipy.ndimage.gaussian_filter(target.astype(np.float64), (sigma, sigma, 0))
+        filled = composite(target, np.clip(blurred.round(), 0, 255).astype(np.uint8), hole)
+        ratios.append(high_frequency_ratio(filled, target, hole))
+    assert 1.0 > ratios[0] > ratios[1] > ratios[2] > 0.0
+    # Skipped: an empty hole, or a ground truth without detail in the hole.
+    assert high_frequency_ratio(target, target, np.zeros_like(hole)) is None
+    assert high_frequency_ratio(target, np.full_like(target, 90), hole) is None
+
+
+def test_patch_centres_hand_computed_small_case():
+    hole = np.zeros((16, 16), bool)
+    hole[[0, 3, 4, 8, 12, 13], [5, 3, 8, 8, 12, 2]] = True
+    level0, level1, level2 = patch_centres(hole, image_index=2)
+    # Level 0: rows and columns 3..12 are at least 3 pixels from the border; (0, 5) and (13, 2) are not.
+    candidates = np.array([[3, 3], [4, 8], [8, 8], [12, 12]])
+    np.testing.assert_array_equal(level0, candidates[np.random.default_rng(2 * 7 + 0).choice(4, 4, replace=False)])
+    # Level 1: hole[::2, ::2] is 8x8 with rows and columns 3..4 far enough in; only (8, 8) -> (4, 4) is there.
+    np.testing.assert_array_equal(level1, [[4, 4]])
+    # Level 2: 4x4, no pixel is 3 pixels from every border.
+    assert level2.shape == (0, 2)
+
+
+def test_patch_centres_follow_the_rng_rule():
+    hole = np.ones((32, 32), bool)
+    centres = patch_centres(hole, image_index=5)
+    # 26x26 = 676 candidates at level 0, 10x10 = 100 at level 1, 2x2 = 4 at level 2.
+    for level, (count, side) in enumerate([(676, 32), (100, 16), (4, 8)]):
+        grid = np.argwhere(np.pad(np.ones((side - 6, side - 6), bool), 3))
+        chosen = np.random.default_rng(5 * 7 + level).choice(count, min(64, count), replace=False)
+        np.testing.assert_array_equal(centres[level], grid[chosen])
+    assert [len(c) for c in centres] == [64, 64, 4]
+    assert len({tuple(c) for c in centres[0]}) == 64  # without replacement
+    assert not np.array_equal(patch_centres(hole, image_index=6)[0], centres[0])
+
+
+def test_swd_patches_are_row_column_channel_flattened():
+    level = np.arange(12 * 12 * 3, dtype=np.float64).reshape(12, 12, 3)
+    (patches,) = swd_patches([level], [np.array([[3, 3], [5, 8]])])
+    assert patches.shape == (2, 147)
+    np.testing.assert_array_equal(patches[0], level[0:7, 0:7].ravel())
+    np.testing.assert_array_equal(patches[1], level[2:9, 5:12].ravel())
+
+
+def patch_sets(images: list[np.ndarray], targets: list[np.ndarray], hole: np.ndarray) -> tuple[list, list]:
+    """The SWD patch sets (per level) of composites and ground truths, as the evaluation collects them."""
+    fake, real = [[], [], []], [[], [], []]
+    for index, (image, target) in enumerate(zip(images, targets, strict=True)):
+        centres = patch_centres(hole, index)
+        for level, (a, b) in enumerate(
+            zip(
+                swd_patches(laplacian_pyramid(composite(target, image, hole)), centres),
+                swd_patches(laplacian_pyramid(target), centres),
+                strict=True,
+            )
+        ):
+            fake[level].append(a)
+            real[level].append(b)
+    return [np.concatenate(level) for level in fake], [np.concatenate(level) for level in real]
+
+
+@pytest.fixture(scope="module")
+def texture_set() -> SimpleNamespace:
+    targets = [textured_image(seed) for seed in range(4)]
+
+    def blurred(sigma: float) -> list[np.ndarray]:
+        return [
+            np.clip(scipy.ndimage.gaussian_filter(t.astype(np.float64), (sigma, sigma, 0)).round(), 0, 255).astype(
+                np.uint8
+            )
+            for t in targets
+        ]
+
+    return SimpleNamespace(targets=targets, hole=square_hole(), blurred=blurred)
+
+
+def test_sliced_wasserstein_distance_properties(texture_set: SimpleNamespace):
+    targets, hole = texture_set.targets, texture_set.hole
+    same, real = patch_sets(targets, targets, hole)
+    assert [len(level) for level in real] == [256, 256, 256]
+    assert sliced_wasserstein_distance(same, real, bucket=0) == 0.0
+    # Blur moves the patch statistics away from the photo's, more blur farther.
+    distances = []
+    for sigma in (0.7, 1.5, 3.0):
+        fake, _ = patch_sets(texture_set.blurred(sigma), targets, hole)
+        distances.append(sliced_wasserstein_distance(fake, real, bucket=0))
+    assert 0 < distances[0] < distances[1] < distances[2]
+    fake, _ = patch_sets(texture_set.blurred(1.5), targets, hole)
+    # Exactly reproducible; another bucket draws other directions (same magnitude, another value).
+    assert sliced_wasserstein_distance(fake, real, bucket=0) == distances[1]
+    other_bucket = sliced_wasserstein_distance(fake, real, bucket=3)
+    assert other_bucket != distances[1] and other_bucket == pytest.approx(distances[1], rel=0.2)
+    # Normalised by the second (ground-truth) set, so swapping the sets changes the value; for two sets of
+    # the same statistics (other photos of the same kind) it is small both ways and about the same.
+    others = [textured_image(seed) for seed in range(4, 8)]
+    other_real, _ = patch_sets(others, others, hole)
+    forward = sliced_wasserstein_distance(other_real, real, bucket=0)
+    backward = sliced_wasserstein_distance(real, other_real, bucket=0)
+    assert 0 < forward < distances[0] and 0 < backward < distances[0]
+    assert backward == pytest.approx(forward, rel=0.2)
+    # A level without any patch: undefined.
+    assert sliced_wasserstein_distance([*fake[:2], fake[2][:0]], [*real[:2], real[2][:0]], bucket=0) is None
+
+
+def test_sliced_wasserstein_distance_of_a_shift_follows_the_directions_rule():
+    """Shifting every value by c shifts each projection by (c / std) . u: the quantile distance is |that|."""
+    rng = np.random.default_rng(4)
+    real = [rng.normal(0.0, 0.05 * (level + 1), (300 - 50 * level, 147)) for level in range(3)]
+    shift = 0.01
+    fake = [patches + shift for patches in real]
+    generator = np.random.default_rng(2)  # bucket 2; one draw per level from the same generator
+    expected = []
+    for patches in real:
+        directions = generator.standard_normal((147, 256))
+        directions /= np.linalg.norm(directions, axis=0)
+        expected.append(1000 * np.abs((shift / (patches.std(axis=0) + 1e-8)) @ directions).mean())
+    assert sliced_wasserstein_distance(fake, real, bucket=2) == pytest.approx(np.mean(expected), rel=1e-9)
+
+
 # ------------------------------------------------------------------------------------------ driver
 
 
@@ -209,9 +408,11 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
         assert method["kind"] == ("classical" if name in CLASSICAL_BASELINES else "learned")
         assert method["seconds"] >= 0 and len(method["buckets"]) == 2
         for bucket in method["buckets"]:
-            assert set(bucket) == {"psnr", "ssim", "l1", "lpips", "fid"}
+            assert set(bucket) == {"psnr", "ssim", "l1", "hf", "swd", "lpips", "fid"}
             assert bucket["fid"] is None and bucket["lpips"] is None
-            assert set(bucket["psnr"]) == {"mean", "std"}
+            assert set(bucket["psnr"]) == set(bucket["hf"]) == {"mean", "std"}
+            assert bucket["hf"]["mean"] > 0 and bucket["hf"]["std"] >= 0
+            assert isinstance(bucket["swd"], float) and bucket["swd"] > 0
     # Batching must not change the results.
     assert report["methods"]["grey"]["buckets"] == report["methods"]["batched_grey"]["buckets"]
     # Larger holes are harder.
@@ -224,12 +425,30 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
         assert "TorchScript" in report["perceptual"][metric]["reason"]
     assert report["beats"]["baselines"] == ["telea", "ns", "harmonic"]
     assert report["beats"]["methods"]["grey"]["beats_all"] is False
-    json.dumps(report)
+    assert set(report["texture"]["methods"]) == {"grey", "batched_grey"}
+    json.dumps(report, allow_nan=False)
+
+    # HF and SWD are those of the public functions on the protocol's images, masks and image indices.
+    holes = [load_mask(mask_path(dataset.mask_dir, index, 1)) for index in range(3)]
+    grey = [composite(image, np.full_like(image, 128), hole) for image, hole in zip(dataset.images, holes, strict=True)]
+    ratios = [high_frequency_ratio(c, t, h) for c, t, h in zip(grey, dataset.images, holes, strict=True)]
+    assert report["methods"]["grey"]["buckets"][1]["hf"]["mean"] == pytest.approx(np.mean(ratios), rel=1e-12)
+    fake, real = [[], [], []], [[], [], []]
+    for index, (image, hole, result) in enumerate(zip(dataset.images, holes, grey, strict=True)):
+        centres = patch_centres(hole, index)
+        for level in range(3):
+            fake[level].append(swd_patches(laplacian_pyramid(result), centres)[level])
+            real[level].append(swd_patches(laplacian_pyramid(image), centres)[level])
+    expected_swd = sliced_wasserstein_distance(
+        [np.concatenate(level) for level in fake], [np.concatenate(level) for level in real], bucket=1
+    )
+    assert report["methods"]["grey"]["buckets"][1]["swd"] == pytest.approx(expected_swd, rel=1e-12)
 
     table = markdown_table(report).splitlines()
     assert table[0].startswith(
-        "| hole ratio | Telea PSNR | Telea SSIM | Telea L1 % | Navier-Stokes PSNR | NS SSIM | NS L1 % "
-        "| Harmonic PSNR | Harmonic SSIM | Harmonic L1 % | grey PSNR | grey SSIM | grey L1 % |"
+        "| hole ratio | Telea PSNR | Telea SSIM | Telea L1 % | Telea HF | Telea SWD | Navier-Stokes PSNR | NS SSIM "
+        "| NS L1 % | NS HF | NS SWD | Harmonic PSNR | Harmonic SSIM | Harmonic L1 % | Harmonic HF | Harmonic SWD "
+        "| grey PSNR | grey SSIM | grey L1 % | grey HF | grey SWD |"
     )
     assert table[2].startswith("| 0-10 %  | ") and len(table) == 4
 
@@ -282,6 +501,52 @@ def test_beats_summary():
         "`weak` does NOT beat telea (PSNR in 0-10 %, 10-20 %, SSIM in 10-20 %); ns (PSNR in 0-10 %, 10-20 %, SSIM in "
         "10-20 %).",
     ]
+
+
+def test_texture_summary_and_verdicts():
+    report = make_report(
+        {
+            "telea": [(30.0, 0.90), (25.0, 0.80)],
+            "ns": [(30.5, 0.89), (24.0, 0.81)],
+            "sharp": [(31.0, 0.91), (26.0, 0.82)],
+            "mixed": [(31.0, 0.91), (26.0, 0.82)],
+        },
+        kinds={"telea": "classical", "ns": "classical"},
+    )
+    texture = {"telea": [(0.28, 200.0), (0.25, 230.0)], "ns": [(0.27, 180.0), (0.26, 210.0)]}
+    texture |= {"sharp": [(0.90, 90.0), (0.85, 100.0)], "mixed": [(0.17, 190.0), (0.14, 220.0)]}
+    for name, per_bucket in texture.items():
+        for bucket, (hf, swd) in zip(report["methods"][name]["buckets"], per_bucket, strict=True):
+            bucket.update(hf={"mean": hf, "std": 0.01}, swd=swd)
+    report["beats"] = beats_summary(report)
+
+    summary = texture_summary(report)
+    assert summary["baselines"] == ["telea", "ns"] and set(summary["methods"]) == {"sharp", "mixed"}
+    assert summary["methods"]["mixed"]["hf"] == [0.17, 0.14] and summary["methods"]["mixed"]["swd"] == [190.0, 220.0]
+    assert summary["methods"]["mixed"]["against"] == {
+        "telea": {"swd_lower": ["0-10 %", "10-20 %"], "swd_equal": [], "swd_higher": [], "swd_missing": []},
+        "ns": {"swd_lower": [], "swd_equal": [], "swd_higher": ["0-10 %", "10-20 %"], "swd_missing": []},
+    }
+    # The PSNR/SSIM verdict is unchanged; the texture follows it.
+    assert verdict_lines(report) == [
+        "`sharp` matches or beats telea, ns in PSNR and SSIM in every bucket. Texture: HF 0.850-0.900 against telea "
+        "0.250-0.280, ns 0.260-0.270 (1 = the photo's own fine detail); SWD lower (better) than telea and ns in "
+        "every bucket.",
+        "`mixed` matches or beats telea, ns in PSNR and SSIM in every bucket. Texture: HF 0.140-0.170 against telea "
+        "0.250-0.280, ns 0.260-0.270 (1 = the photo's own fine detail); SWD lower (better) than telea in every "
+        "bucket; higher (worse) than ns in every bucket.",
+    ]
+    report["methods"]["mixed"]["buckets"][1]["swd"] = 210.0
+    report["methods"]["mixed"]["buckets"][0]["swd"] = None
+    assert verdict_lines(report)[1].endswith(
+        "SWD lower than telea in 10-20 % and not computed in 0-10 %; equal to ns in 10-20 % and not computed in 0-10 %."
+    )
+    # Reports made before the texture metrics existed have no texture sentence and no HF/SWD columns.
+    for method in report["methods"].values():
+        for bucket in method["buckets"]:
+            del bucket["hf"], bucket["swd"]
+    assert texture_summary(report)["methods"] == {}
+    assert verdict_lines(report)[0] == "`sharp` matches or beats telea, ns in PSNR and SSIM in every bucket."
 
 
 def test_model_inpainter_batches_and_round_trips():
@@ -411,6 +676,9 @@ def test_cli_end_to_end(tmp_path: Path, dataset: SimpleNamespace, capsys):
     assert report["perceptual"]["fid"]["computed"] is False
     markdown = (output_dir / "report.md").read_text()
     assert "| hole ratio | Telea PSNR |" in markdown and markdown in captured.out
+    assert "| Telea HF | Telea SWD |" in markdown and "* Texture (no network): HF = " in markdown
+    assert report["methods"]["ns"]["buckets"][1]["swd"] > 0 and report["methods"]["ns"]["buckets"][1]["hf"]["mean"] > 0
+    assert cli.plotted_metrics(report) == ["psnr", "ssim", "l1", "hf", "swd"]
     for name in ("metrics.png", "examples.png"):
         with Image.open(output_dir / name) as image:
             assert image.width > 500
@@ -429,7 +697,7 @@ def test_cli_with_perceptual_networks(tmp_path: Path, dataset: SimpleNamespace, 
 
     assert "SKIPPED" not in capsys.readouterr().err
     assert report["perceptual"]["fid"]["computed"] and report["methods"]["telea"]["buckets"][0]["fid"] >= 0
-    assert "| Telea LPIPS | Telea FID |" in (output_dir / "report.md").read_text()
+    assert "| Telea HF | Telea SWD | Telea LPIPS | Telea FID |" in (output_dir / "report.md").read_text()
     assert sorted(path.name for path in output_dir.iterdir()) == ["metrics.png", "report.json", "report.md"]
 
 
@@ -474,3 +742,41 @@ def test_shared_masks_follow_the_protocol_buckets():
             ratio = load_mask(mask_path(mask_dir, index, bucket)).mean()
             # Nearest resizing from 512 to 256 moves the ratio only slightly out of its bucket.
             assert bucket * 0.1 - 0.01 < ratio <= bucket * 0.1 + 0.11, (index, bucket, ratio)
+
+
+# Protocol, "Texture metrics": HF / SWD of OpenCV Telea and Navier-Stokes on bsds500/val, per bucket.
+REFERENCE_TEXTURE = {
+    "telea": [(0.281, 196.9), (0.249, 225.7), (0.233, 262.4), (0.214, 285.3), (0.201, 307.7), (0.167, 383.3)],
+    "ns": [(0.277, 183.5), (0.262, 209.3), (0.236, 246.0), (0.213, 269.0), (0.194, 292.6), (0.142, 373.3)],
+}
+SHARED_VAL = SHARED_DATA / "bsds500" / "val"
+
+
+@pytest.fixture(scope="module")
+def shared_val_images() -> list[np.ndarray]:
+    if not (SHARED_VAL.is_dir() and (SHARED_DATA / "masks" / "irregular").is_dir()):
+        pytest.skip("the shared data folder (../shared/data/bsds500/val and masks/irregular) is absent")
+    return [load_image(path) for path in list_images(SHARED_VAL)]
+
+
+@pytest.mark.parametrize(
+    ("method", "bucket"),
+    [
+        pytest.param(method, bucket, marks=() if (method, bucket) == ("telea", 0) else pytest.mark.slow)
+        for method in REFERENCE_TEXTURE
+        for bucket in range(6)
+    ],
+)
+def test_texture_metrics_reproduce_the_protocols_reference(shared_val_images, method, bucket):
+    """HF and SWD agree with the protocol's table to its last printed digit (one unit of rounding slack)."""
+    report = evaluate_methods(
+        {method: CLASSICAL_BASELINES[method]},
+        shared_val_images,
+        SHARED_DATA / "masks" / "irregular",
+        [bucket],
+        progress=False,
+    )
+    entry = report["methods"][method]["buckets"][0]
+    hf, swd = REFERENCE_TEXTURE[method][bucket]
+    assert entry["hf"]["mean"] == pytest.approx(hf, abs=0.001)
+    assert entry["swd"] == pytest.approx(swd, abs=0.1)

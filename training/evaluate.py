@@ -1,8 +1,8 @@
 """Evaluate inpainting models against the classical OpenCV baselines with the project's protocol.
 
-The protocol (image preprocessing, one mask per image and hole-ratio bucket, composite, PSNR / SSIM / L1) is
-implemented in :mod:`med_hf.evaluation`. Run from the repository root with the project installed
-(``pip install -e ".[train]"``), the data beside the checkout in ``../shared/data``:
+The protocol (image preprocessing, one mask per image and hole-ratio bucket, composite, PSNR / SSIM / L1 and
+the texture metrics HF / SWD) is implemented in :mod:`med_hf.evaluation`. Run from the repository root with the
+project installed (``pip install -e ".[train]"``), the data beside the checkout in ``../shared/data``:
 
     # The classical baselines only (reproduces the reference table of the protocol):
     python training/evaluate.py \\
@@ -18,7 +18,9 @@ Outputs in ``--output_dir``: ``report.json`` (everything), ``report.md`` (the Ma
 README), ``metrics.png`` (metrics against hole ratio) and, with ``--save_images``, ``examples.png``. Every
 file is written to a temporary file first and renamed, so an interrupted run never leaves a half-written one.
 
-FID and LPIPS need network weights that are never downloaded: pass local TorchScript files with
+The texture metrics HF (fine detail in the hole, 1 = the photo's own) and SWD (sliced Wasserstein distance of
+7x7 patch statistics, lower is better) need no network and are always computed. FID and LPIPS need network
+weights that are never downloaded: pass local TorchScript files with
 ``--fid_extractor`` ((B, 3, 299, 299) in [0, 1] -> (B, 2048) features) and ``--lpips_model`` (two
 (B, 3, H, W) batches in [-1, 1] -> B distances).
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import math
 import os
 import platform
 import sys
@@ -66,6 +69,8 @@ METRIC_TITLES = {
     "psnr": "PSNR (dB, higher is better)",
     "ssim": "SSIM (higher is better)",
     "l1": "L1 error (%, lower is better)",
+    "hf": "HF: fine detail in the hole (1 = the photo's)",
+    "swd": "SWD: patch statistics (lower is better)",
     "lpips": "LPIPS (lower is better)",
     "fid": "FID (lower is better)",
 }
@@ -173,19 +178,35 @@ def figure_png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def plot_metrics(report: dict[str, Any]) -> Figure:
-    """One subplot per metric against the hole-ratio bucket, one line per method (baselines dashed)."""
-    metrics = [
+def plotted_metrics(report: dict[str, Any]) -> list[str]:
+    """The metrics of ``report`` to plot: PSNR, SSIM, L1, HF and SWD if the report has them, FID/LPIPS if computed."""
+    entries = [bucket for method in report["methods"].values() for bucket in method["buckets"]]
+    return [
         metric
         for metric in METRIC_TITLES
-        if metric in ("psnr", "ssim", "l1") or report["perceptual"][metric]["computed"]
+        if metric in ("psnr", "ssim", "l1")
+        or (metric in ("hf", "swd") and all(metric in entry for entry in entries))
+        or (metric in report["perceptual"] and report["perceptual"][metric]["computed"])
     ]
+
+
+def plot_metrics(report: dict[str, Any]) -> Figure:
+    """One subplot per metric against the hole-ratio bucket, one line per method (baselines dashed).
+
+    At most three subplots per row (PSNR, SSIM, L1 on the first; HF, SWD and LPIPS / FID below).
+    """
+    metrics = plotted_metrics(report)
     labels = [bucket["label"] for bucket in report["buckets"]]
-    figure = Figure(figsize=(5 * len(metrics), 4.2), layout="constrained")
-    axes = figure.subplots(1, len(metrics), squeeze=False)[0]
-    for ax, metric in zip(axes, metrics, strict=True):
+    columns = min(len(metrics), 3)
+    rows = -(-len(metrics) // columns)
+    figure = Figure(figsize=(5 * columns, 4.2 * rows), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes, metrics, strict=False):
         for name, method in report["methods"].items():
             values = [bucket_metric(bucket, metric) for bucket in method["buckets"]]
+            values = [math.nan if value is None else value for value in values]
             style = "--" if method["kind"] == "classical" else "-"
             ax.plot(range(len(labels)), values, style, marker="o", label=DISPLAY_NAMES.get(name, (name,))[0])
         ax.set_xticks(range(len(labels)), labels, rotation=30)
@@ -226,6 +247,12 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"* {line}" for line in verdict_lines(report)]
+    if "hf" in plotted_metrics(report):
+        lines.append(
+            "* Texture (no network): HF = fine detail (finest Laplacian-pyramid level) in the hole relative to the "
+            "photo's own, 1 = as much as the photo, a smooth fill is far below 1; SWD = sliced Wasserstein "
+            "distance (x 1000) between 7x7 patches of the holes and of the photos, lower is better."
+        )
     for metric, status in report["perceptual"].items():
         if not status["computed"]:
             lines.append(f"* {metric.upper()} not computed: {status['reason']}")
