@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from .masks import MaskSampler
-from .rtv import structure_image
+from .rtv import BORDERS, DEFAULT_BORDER, structure_image
 
 
 def load_streaming_dataset(
@@ -62,24 +62,36 @@ class StructureCache:
 
     RTV takes a sizeable fraction of a second per photo; the cache (in memory, optionally mirrored on disk
     so later runs start warm) keeps it from starving the training loop.
+
+    ``border`` is the RTV blur border (:func:`med_hf.rtv.rtv_smooth`; ``"zero"``, the authors', by default).
+    It is part of the key, so a disk cache filled with another border is never reused for this one (files
+    written before the border was in the key, all made with the replicated border, are ignored too).
     """
 
-    def __init__(self, cache_dir: str | Path | None = None, max_items: int = 4096):
+    def __init__(self, cache_dir: str | Path | None = None, max_items: int = 4096, border: str = DEFAULT_BORDER):
+        if border not in BORDERS:
+            raise ValueError(f"border must be one of {sorted(BORDERS)}, got {border!r}.")
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.max_items = max_items
+        self.border = border
         self._memory: dict[str, Image.Image] = {}
         if self.cache_dir:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
 
+    def key(self, image: Image.Image) -> str:
+        """Cache key of ``image``: its pixels, its size and the RTV recipe (border included)."""
+        recipe = f"rtv border={self.border}".encode()
+        return hashlib.sha1(image.tobytes() + repr(image.size).encode() + recipe).hexdigest()
+
     def __call__(self, image: Image.Image) -> Image.Image:
-        key = hashlib.sha1(image.tobytes() + repr(image.size).encode()).hexdigest()
+        key = self.key(image)
         if key in self._memory:
             return self._memory[key]
         path = self.cache_dir / f"{key}.png" if self.cache_dir else None
         if path is not None and path.is_file():
             structure = Image.open(path).convert("RGB")
         else:
-            structure = structure_image(image)
+            structure = structure_image(image, border=self.border)
             if path is not None:
                 temporary = path.with_suffix(".tmp.png")
                 structure.save(temporary)

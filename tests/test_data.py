@@ -1,5 +1,7 @@
 """Training data stream: deterministic per-sample randomness, restart positions, loaders, structure cache."""
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +16,7 @@ from med_hf.data import (
     shard_for_process,
 )
 from med_hf.masks import MaskSampler
+from med_hf.rtv import structure_image
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +99,7 @@ def test_structure_cache_computes_each_photo_once_and_persists(tmp_path, monkeyp
     calls = []
     import med_hf.data as data
 
-    def fake_rtv(image):
+    def fake_rtv(image, border):
         calls.append(image.size)
         return image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
 
@@ -108,6 +111,43 @@ def test_structure_cache_computes_each_photo_once_and_persists(tmp_path, monkeyp
     again = StructureCache(tmp_path / "cache")(photo)  # a new run reads the disk cache
     assert np.array_equal(np.asarray(again), np.asarray(first)) and len(calls) == 1
     assert not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def test_structure_cache_keys_include_the_rtv_border(tmp_path, monkeypatch):
+    """Targets made with another border (or before the border was part of the key) are never reused."""
+    import med_hf.data as data
+
+    borders = []
+
+    def fake_rtv(image, border):
+        borders.append(border)
+        return Image.new("RGB", image.size, (0, 0, 0) if border == "zero" else (255, 255, 255))
+
+    monkeypatch.setattr(data, "structure_image", fake_rtv)
+    photo = Image.fromarray(np.arange(48, dtype=np.uint8).reshape(4, 4, 3))
+    # A file left by the old cache (key = pixels + size only, made with the replicated border).
+    old_key = hashlib.sha1(photo.tobytes() + repr(photo.size).encode()).hexdigest()
+    (tmp_path / "cache").mkdir()
+    Image.new("RGB", photo.size, (9, 9, 9)).save(tmp_path / "cache" / f"{old_key}.png")
+
+    default = StructureCache(tmp_path / "cache")
+    replicate = StructureCache(tmp_path / "cache", border="replicate")
+    assert default.border == "zero" and len({old_key, default.key(photo), replicate.key(photo)}) == 3
+    assert np.asarray(default(photo)).max() == 0 and np.asarray(replicate(photo)).min() == 255
+    assert borders == ["zero", "replicate"]
+    # Both are on disk under their own keys; a new run with either border reads its own file.
+    assert np.asarray(StructureCache(tmp_path / "cache")(photo)).max() == 0
+    assert np.asarray(StructureCache(tmp_path / "cache", border="replicate")(photo)).min() == 255
+    assert borders == ["zero", "replicate"]
+    with pytest.raises(ValueError, match="border must be one of"):
+        StructureCache(border="reflect")
+
+
+def test_structure_cache_uses_the_authors_border_by_default():
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 20, 3), dtype=np.uint8))
+    np.testing.assert_array_equal(np.asarray(StructureCache()(photo)), np.asarray(structure_image(photo)))
+    replicated = structure_image(photo, border="replicate")
+    assert not np.array_equal(np.asarray(StructureCache()(photo)), np.asarray(replicated))
 
 
 def test_missing_training_folder_is_a_clear_error(tmp_path):

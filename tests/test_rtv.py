@@ -1,5 +1,8 @@
 """Tests of the RTV structure smoothing (med_hf.rtv) on synthetic images whose structure is known."""
 
+import inspect
+import math
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -8,6 +11,10 @@ from scipy.ndimage import correlate1d
 from scipy.sparse.linalg import spsolve
 
 from med_hf.rtv import (
+    BORDERS,
+    DEFAULT_BORDER,
+    _gaussian_blur,
+    _gaussian_kernel,
     _solve_smoothing_system,
     _texture_weights,
     gaussian_kernel_length,
@@ -91,10 +98,12 @@ def test_four_regions_keep_both_edges():
     assert smoothed[:, 29].mean() - smoothed[:, 26].mean() > MIN_JUMP_FRACTION * 0.4
 
 
+@pytest.mark.parametrize("border", sorted(BORDERS))
 @pytest.mark.parametrize("value", [0.0, 0.42, 1.0])
-def test_constant_image_stays_constant(value):
+def test_constant_image_stays_constant(value, border):
+    # Whatever the weights (the zero border changes them near the border), L_w annihilates constants.
     image = np.full((20, 30, 3), value)
-    np.testing.assert_allclose(rtv_smooth(image), value, atol=1e-6)
+    np.testing.assert_allclose(rtv_smooth(image, border=border), value, atol=1e-6)
 
 
 SHAPES = [(33, 47), (33, 47, 1), (33, 47, 3), (40, 40, 4), (1, 1), (1, 9), (9, 1, 3)]
@@ -151,15 +160,25 @@ def test_gaussian_kernel_length_is_round_five_sigma_made_odd(sigma, length):
 
 def test_weights_follow_the_recipe_on_flat_and_edge_pixels():
     image = np.full((6, 8, 2), 0.5)
-    weight_x, weight_y = _texture_weights(image, sigma=1.5, sharpness=0.001)
+    weight_x, weight_y = _texture_weights(image, sigma=1.5, sharpness=0.001, border="replicate")
     # Flat: both gradients are clamped to their floors, 1 / (0.001 * 0.001).
     np.testing.assert_allclose(weight_x[:, :-1], 1e6)
     np.testing.assert_allclose(weight_y[:-1, :], 1e6)
     assert np.all(weight_x[:, -1] == 0.0) and np.all(weight_y[-1, :] == 0.0)
 
+    # The authors' zero padding darkens the blur near the border: a blurred gradient appears there and the
+    # weights drop; beyond the blur radius (4 for sigma 1.5) the image looks flat again.
+    flat = np.full((12, 14, 2), 0.5)
+    weight_x, weight_y = _texture_weights(flat, sigma=1.5, sharpness=0.001)
+    np.testing.assert_allclose(weight_x[:, 4:-5], 1e6)
+    np.testing.assert_allclose(weight_y[4:-5, :], 1e6)
+    assert weight_x[:, 0].max() < 0.1 * 1e6 and weight_y[0, :].max() < 0.1 * 1e6
+    assert np.all(weight_x[:, -1] == 0.0) and np.all(weight_y[-1, :] == 0.0)
+
     image[:, 4:] = 1.0  # a vertical step between columns 3 and 4
-    weight_x, weight_y = _texture_weights(image, sigma=1.5, sharpness=0.001)
-    assert weight_x[:, 3].max() < 1e-3 * weight_x[:, 0].min()
+    for border, ratio in (("replicate", 1e-3), ("zero", 1e-2)):  # zero: column 0 has lost weight too
+        weight_x, weight_y = _texture_weights(image, sigma=1.5, sharpness=0.001, border=border)
+        assert weight_x[:, 3].max() < ratio * weight_x[:, 0].min()
 
 
 def _reference_system_matrix(weight_x: np.ndarray, weight_y: np.ndarray, lam: float) -> sp.csc_array:
@@ -191,16 +210,29 @@ def test_fast_solver_matches_a_direct_solve(shape):
     np.testing.assert_allclose(solution, expected, atol=1e-7)
 
 
-def _reference_rtv(image: np.ndarray) -> np.ndarray:
-    """The recipe spelled out with no shortcuts: tsmooth(image, 0.015, 3, 0.001, 3)."""
+def _conv2_same(channel: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """MATLAB ``conv2(conv2(channel, g, 'same'), g', 'same')``: rows, then columns, zero padding."""
+    rows = np.stack([np.convolve(row, kernel, mode="same") for row in channel])
+    return np.stack([np.convolve(column, kernel, mode="same") for column in rows.T]).T
+
+
+def _reference_rtv(image: np.ndarray, border: str = "zero") -> np.ndarray:
+    """The recipe spelled out with no shortcuts: tsmooth(image, 0.015, 3, 0.001, 3).
+
+    ``border="zero"`` blurs like the authors' code (``conv2(..., 'same')``, written with ``np.convolve``);
+    ``"replicate"`` repeats the border pixels.
+    """
     estimate, sigma = image, 3.0
     for _ in range(3):
         length = int(np.floor(5 * sigma + 0.5)) | 1
         offsets = np.arange(length) - (length - 1) / 2
         kernel = np.exp(-(offsets**2) / (2 * sigma**2))
         kernel /= kernel.sum()
-        blurred = correlate1d(estimate, kernel, axis=0, mode="nearest")
-        blurred = correlate1d(blurred, kernel, axis=1, mode="nearest")
+        if border == "zero":
+            blurred = np.stack([_conv2_same(estimate[..., c], kernel) for c in range(image.shape[2])], axis=-1)
+        else:
+            blurred = correlate1d(estimate, kernel, axis=0, mode="nearest")
+            blurred = correlate1d(blurred, kernel, axis=1, mode="nearest")
         dx, dy, bx, by = (np.zeros_like(image) for _ in range(4))
         dx[:, :-1], dy[:-1] = np.diff(estimate, axis=1), np.diff(estimate, axis=0)
         bx[:, :-1], by[:-1] = np.diff(blurred, axis=1), np.diff(blurred, axis=0)
@@ -213,11 +245,89 @@ def _reference_rtv(image: np.ndarray) -> np.ndarray:
     return estimate
 
 
-def test_matches_the_recipe_spelled_out():
+@pytest.mark.parametrize("border", ["zero", "replicate"])
+def test_matches_the_recipe_spelled_out(border):
     rng = np.random.default_rng(5)
     image = _colour(_two_region_image("noise"))[10:34, 18:48]
     image = np.clip(image + rng.normal(0.0, 0.05, image.shape), 0.0, 1.0)
-    np.testing.assert_allclose(rtv_smooth(image), _reference_rtv(image), atol=1e-6)
+    np.testing.assert_allclose(rtv_smooth(image, border=border), _reference_rtv(image, border), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------- border
+
+
+def test_the_default_border_is_the_authors_zero_padding():
+    assert DEFAULT_BORDER == "zero" and BORDERS == {"zero": "constant", "replicate": "nearest"}
+    for function in (rtv_smooth, structure_image):
+        assert inspect.signature(function).parameters["border"].default == "zero"
+    image = np.clip(_colour(_two_region_image("noise"))[:24, 20:44], 0.0, 1.0)
+    np.testing.assert_array_equal(rtv_smooth(image), rtv_smooth(image, border="zero"))
+    assert not np.array_equal(rtv_smooth(image), rtv_smooth(image, border="replicate"))
+
+
+def test_zero_border_blur_of_a_constant_image_by_hand():
+    """sigma 0.5: kernel [e^-2, 1, e^-2] / (1 + 2 e^-2). A pixel on the border loses the tap that falls outside."""
+    value, tail = 0.6, math.exp(-2.0)
+    np.testing.assert_allclose(_gaussian_kernel(0.5), np.array([tail, 1.0, tail]) / (1 + 2 * tail))
+    kept = (1 + tail) / (1 + 2 * tail)  # the share of the kernel inside the image at a border pixel
+    image = np.full((5, 6, 1), value)
+
+    zero = _gaussian_blur(image, 0.5, "zero")[..., 0]
+    expected = np.full((5, 6), value)
+    expected[[0, -1], :] *= kept
+    expected[:, [0, -1]] *= kept  # the corners lose a tap in both directions: value * kept**2
+    np.testing.assert_allclose(zero, expected, rtol=1e-15)
+    assert zero[0, 0] == pytest.approx(value * kept**2, rel=1e-15)
+    np.testing.assert_allclose(_gaussian_blur(image, 0.5, "replicate"), value, rtol=1e-15)
+
+
+@pytest.mark.parametrize("sigma", [3.0, 1.5, 0.75])
+def test_zero_border_blur_of_a_constant_image_sums_the_taps_inside(sigma):
+    height, width = 20, 31
+    kernel = _gaussian_kernel(sigma)
+    radius = (len(kernel) - 1) // 2
+
+    def inside(size: int) -> np.ndarray:
+        """Per position, the sum of the kernel taps that land inside [0, size)."""
+        return np.array([sum(kernel[k] for k in range(len(kernel)) if 0 <= p + k - radius < size) for p in range(size)])
+
+    blurred = _gaussian_blur(np.full((height, width, 2), 0.5), sigma, "zero")
+    np.testing.assert_allclose(blurred[..., 1], 0.5 * np.outer(inside(height), inside(width)), rtol=1e-12)
+    # Farther than the radius from the border nothing is lost.
+    np.testing.assert_allclose(blurred[radius:-radius, radius:-radius], 0.5, rtol=1e-14)
+    assert blurred[0, 0, 0] < 0.5 * 0.6
+
+
+@pytest.mark.parametrize("sigma", [3.0, 1.5, 0.75])
+def test_borders_give_the_same_weights_beyond_the_blur_radius(sigma):
+    """The border only changes the blur within its radius, so the RTV weights are bitwise equal farther in."""
+    image = np.clip(_colour(_two_region_image("noise"))[:40, 8:56], 0.0, 1.0)
+    radius = (gaussian_kernel_length(sigma) - 1) // 2
+    zero = _texture_weights(image, sigma, 0.001, "zero")
+    replicate = _texture_weights(image, sigma, 0.001, "replicate")
+    # The forward difference at (i, j) also reads (i, j + 1) / (i + 1, j): one more row or column at the end.
+    interior = np.s_[radius : -radius - 1, radius : -radius - 1]
+    for weights_zero, weights_replicate in zip(zero, replicate, strict=True):
+        np.testing.assert_array_equal(weights_zero[interior], weights_replicate[interior])
+        assert not np.array_equal(weights_zero, weights_replicate)
+    # The zero-padded blur darkens towards the border: a spurious blurred gradient, hence smaller weights there.
+    assert zero[0][:, 0].mean() < 0.5 * replicate[0][:, 0].mean()
+
+
+def test_borders_differ_mostly_along_the_image_border():
+    """The solve couples all pixels, so the results differ everywhere, but by far the most in the outer rows."""
+    image = np.random.default_rng(6).uniform(0.0, 1.0, (64, 64, 3))
+    difference = np.abs(rtv_smooth(image, border="zero") - rtv_smooth(image, border="replicate")).max(axis=2)
+    rows, cols = np.indices(difference.shape)
+    distance = np.minimum.reduce([rows, cols, 63 - rows, 63 - cols])
+    outer, inner = difference[distance < 3], difference[distance >= 16]
+    assert outer.max() > 20 / 255 and outer.mean() > 2 / 255
+    assert inner.max() < 1 / 255 and inner.mean() < outer.mean() / 20
+
+
+def test_unknown_border_raises_value_error():
+    with pytest.raises(ValueError, match="border must be one of"):
+        rtv_smooth(np.zeros((4, 4)), border="reflect")
 
 
 def test_structure_image_is_rgb_uint8_of_the_same_size():
