@@ -57,6 +57,7 @@ REMOTE_CODE_FILES = (
     "configuration_med.py",
     "modeling_med.py",
     "winograd.py",
+    "harmonic.py",
     "image_processing_med.py",
     "pipeline_med.py",
 )

@@ -8,16 +8,18 @@ any size, mode and bit depth and expect them back with exactly the input's size 
   network needs plus the untouched input pixels needed to rebuild the output in the input's own format.
 - :func:`prepare_mask` turns a mask of any mode or dtype into a boolean hole map; :func:`dilate_mask`
   grows it.
-- :func:`mask_crop_boxes`, :func:`network_size`, :func:`resize_image` and :func:`resize_mask` cut large photos
-  into crops around the holes and scale them to and from the network's size.
+- :func:`erase_holes` blanks what the mask hides before anything else reads the photo;
+  :func:`mask_crop_boxes`, :func:`network_size`, :func:`resize_image` and :func:`resize_mask` cut large photos
+  into crops around the holes and scale them to and from the network's size, a resized pixel counting as known
+  only if every pixel it is made from is known.
 - :func:`composite` pastes the prediction into the original pixels and :func:`convert_output` returns the
   result as PIL, numpy or torch.
 - :func:`check_image_size` and :func:`load_image` guard against images too large to process and against
   unreadable files.
 
-:class:`MEDImageProcessor` bundles the settings for a pipeline. This file depends only on numpy, PIL, scipy
-and torch and imports nothing else from ``med_hf``: it is also shipped flat next to the weights as remote
-code.
+:class:`MEDImageProcessor` bundles the settings for a pipeline. This file depends only on numpy, PIL, scipy,
+torch (OpenCV for 16-bit colour files) and the harmonic fill of ``med_hf.harmonic``: it is also shipped flat
+next to the weights as remote code.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from scipy import ndimage
+
+from .harmonic import harmonic_fill
 
 ImageInput = Image.Image | np.ndarray | torch.Tensor | str | os.PathLike
 OutputType = Literal["pil", "np", "pt", "input"]
@@ -195,9 +199,9 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     or truncated file fails now, with its name, rather than later inside the pipeline.
 
     Returns:
-        `PIL.Image.Image` in the file's own mode, upright, detached from the file; for 16-bit colour files
-        (RGB or RGBA with 16 bits per channel, which PIL would cut to 8 bits) a uint16 array (H, W, 3 or 4)
-        instead, decoded with OpenCV.
+        `PIL.Image.Image` in the file's own mode, upright, detached from the file; for files with 16 bits per
+        channel and several channels (RGB, RGBA, grey + alpha, which PIL would cut to 8 bits) a uint16 array
+        (H, W, 3, 4 or 2) instead, decoded with OpenCV. `read_icc_profile` gives such a file's colour profile.
 
     Raises:
         `FileNotFoundError`: no such file.
@@ -206,16 +210,7 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         `UnsupportedImageError`: an animated or multi-page image (only still images are inpainted).
     """
     name = os.fspath(path)
-    try:
-        with _PIL_LIMIT_LOCK:
-            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-            try:
-                image = Image.open(path)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    except UnidentifiedImageError as err:
-        raise ImageLoadError(f"{name} is not an image file PIL can read.") from err
-    with image:
+    with _open(path) as image:
         check_image_size(*image.size, max_pixels=max_pixels, source=name)
         frames = getattr(image, "n_frames", 1)
         if frames > 1:
@@ -224,7 +219,8 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
                 "inpainted: save the frame to fill as an image of its own"
             )
         if _is_deep_color(image):
-            return _orient(_read_deep_color(name), image.getexif().get(_EXIF_ORIENTATION, 1))
+            pixels = _read_deep_color(name, grey_alpha=_rawmode(image).startswith("LA"))
+            return _orient(pixels, image.getexif().get(_EXIF_ORIENTATION, 1))
         try:
             image.load()
         except (OSError, SyntaxError, ValueError, EOFError) as err:
@@ -233,16 +229,52 @@ def load_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         return ImageOps.exif_transpose(image)
 
 
-def _is_deep_color(image: Image.Image) -> bool:
-    """Whether the file holds 16 bits per colour channel, which PIL decodes to its 8-bit RGB / RGBA modes."""
-    if image.mode not in ("RGB", "RGBA") or not image.tile:
-        return False
+def read_icc_profile(path: str | os.PathLike) -> bytes | None:
+    """The colour profile (ICC) in an image file's header, if any: what `load_image`'s arrays do not carry."""
+    with _open(path) as image:
+        return image.info.get("icc_profile")
+
+
+def _open(path: str | os.PathLike) -> Image.Image:
+    """`Image.open` without PIL's decompression-bomb limit (`check_image_size` takes its place), TIFFs via libtiff.
+
+    Pillow's own TIFF reader scrambles uncompressed files whose orientation tag turns them by 90 degrees
+    (tags 5-8); its libtiff reader, used for every compressed TIFF anyway, turns them correctly.
+    """
+    from PIL import TiffImagePlugin, features
+
+    try:
+        with _PIL_LIMIT_LOCK:
+            saved = Image.MAX_IMAGE_PIXELS, TiffImagePlugin.READ_LIBTIFF
+            Image.MAX_IMAGE_PIXELS = None
+            TiffImagePlugin.READ_LIBTIFF = features.check_codec("libtiff")
+            try:
+                return Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS, TiffImagePlugin.READ_LIBTIFF = saved
+    except UnidentifiedImageError as err:
+        raise ImageLoadError(f"{os.fspath(path)} is not an image file PIL can read.") from err
+
+
+def _rawmode(image: Image.Image) -> str:
+    """How the file lays out its pixels' bytes (PIL's raw mode of the first tile, e.g. "RGB;16B"), or ""."""
+    if not image.tile:
+        return ""
     args = image.tile[0].args
     rawmode = args if isinstance(args, str) else (args[0] if isinstance(args, tuple) and args else "")
-    return isinstance(rawmode, str) and ";16" in rawmode
+    return rawmode if isinstance(rawmode, str) else ""
 
 
-def _read_deep_color(name: str) -> np.ndarray:
+def _is_deep_color(image: Image.Image) -> bool:
+    """Whether the file holds 16 bits per channel in several channels, which PIL decodes to 8-bit RGB / RGBA.
+
+    (PIL opens 16-bit grey + alpha as RGBA too, with a raw mode "LA;16...".)
+    """
+    return image.mode in ("RGB", "RGBA") and ";16" in _rawmode(image)
+
+
+def _read_deep_color(name: str, grey_alpha: bool = False) -> np.ndarray:
+    """A 16-bit file's pixels as stored (not turned upright): uint16 (H, W, 3 or 4), or (H, W, 2) for grey + alpha."""
     try:
         import cv2
     except ImportError as err:
@@ -250,11 +282,50 @@ def _read_deep_color(name: str) -> np.ndarray:
             f"{name} has 16 bits per colour channel; reading it without losing them needs OpenCV "
             "(pip install opencv-python-headless)"
         ) from err
-    pixels = cv2.imdecode(np.fromfile(name, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    from cv2.utils import logging as cv2_logging
+
+    data = _without_tiff_orientation(np.fromfile(name, dtype=np.uint8))
+    # OpenCV prints libtiff's warnings about harmless quirks (its own RGBA TIFFs lack ExtraSamples) on stderr,
+    # where a command's only line should be its result or its error.
+    level = cv2_logging.getLogLevel()
+    cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
+    try:
+        pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2_logging.setLogLevel(level)
     if pixels is None or pixels.dtype != np.uint16 or pixels.ndim != 3 or pixels.shape[-1] not in (3, 4):
         raise ImageLoadError(f"Could not decode {name} as a 16-bit colour image (corrupt or truncated?)")
+    if grey_alpha:  # OpenCV expands grey + alpha to BGRA
+        return np.ascontiguousarray(pixels[..., [0, 3]])
     order = [2, 1, 0, 3][: pixels.shape[-1]]  # OpenCV's BGR(A) -> RGB(A)
     return np.ascontiguousarray(pixels[..., order])
+
+
+def _without_tiff_orientation(data: np.ndarray) -> np.ndarray:
+    """A file's bytes with, if it is a TIFF, its first image's orientation tag set to 1 (as stored).
+
+    OpenCV 5 turns TIFFs upright itself when decoding (OpenCV 4 does not, nor either one PNGs): decoding the
+    stored order whatever the version, `load_image` applies the orientation exactly once, with `_orient`.
+    """
+    import struct
+
+    raw = bytearray(data.tobytes())
+    order = {b"II": "<", b"MM": ">"}.get(bytes(raw[:2]))
+    if order is None:
+        return data
+    try:
+        big = struct.unpack_from(order + "H", raw, 2)[0] == 43  # BigTIFF: 8-byte offsets and counts
+        offset_format, count_format, entry_size, value_at = ("Q", "Q", 20, 12) if big else ("I", "H", 12, 8)
+        directory = struct.unpack_from(order + offset_format, raw, 8 if big else 4)[0]
+        count = struct.unpack_from(order + count_format, raw, directory)[0]
+        first = directory + struct.calcsize(count_format)
+        for entry in range(first, min(first + count * entry_size, len(raw)), entry_size):
+            tag, kind = struct.unpack_from(order + "HH", raw, entry)
+            if tag == _EXIF_ORIENTATION and kind == 3:  # one SHORT, stored in the entry itself
+                struct.pack_into(order + "H", raw, entry + value_at, 1)
+    except struct.error:  # not a TIFF after all, or a damaged one: the decoder says so
+        return data
+    return np.frombuffer(raw, dtype=np.uint8)
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
@@ -692,8 +763,9 @@ def composite(original: np.ndarray, prediction: np.ndarray, mask: np.ndarray, bl
     Outside the mask the result is the original, bit for bit: those pixels are taken from `original` as they
     are, never through a float round trip. Inside it the prediction is converted to the original's own format:
     rounded and clipped for integers (16-bit and mode "I" on the 0..65535 scale, i.e. 8-bit values times 257),
-    reduced to ITU-R 601-2 luma for greyscale like PIL's `convert("L")`. An alpha channel is always kept from
-    `original`, inside the mask too.
+    reduced to ITU-R 601-2 luma for greyscale like PIL's `convert("L")`. An alpha channel is kept outside the
+    mask; inside it, where the old alpha would carry what the mask hides, it is filled smoothly from the known
+    alpha around the hole (`harmonic_fill`; fully opaque when nothing around it is known).
 
     With `blur > 0` the prediction also blends into the surroundings: pixels up to `blur` pixels (rounded up)
     from the mask, per axis, so within a square of that half-width, then change as well, weighted by a
@@ -735,7 +807,20 @@ def composite(original: np.ndarray, prediction: np.ndarray, mask: np.ndarray, bl
         pixels[target] = np.where(weight > 0, _from_float(blended, color.dtype), color)
     else:
         pixels[target] = np.where(mask[region][..., None], _from_float(predicted, color.dtype), color)
+    if pixels.shape[-1] in (2, 4):
+        alpha = region + (-1,)
+        pixels[alpha] = _fill_alpha(pixels[alpha], mask[region])
     return result
+
+
+def _fill_alpha(alpha: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """`alpha` (h, w) with its hole pixels replaced by a harmonic fill of the known ones, in its own dtype."""
+    if hole.all():
+        return np.full_like(alpha, _max_value(alpha.dtype))
+    filled = harmonic_fill(
+        torch.from_numpy(alpha.astype(np.float32))[None, None], torch.from_numpy(hole)[None, None].float()
+    )[0, 0].numpy()
+    return np.where(hole, _from_float(filled.astype(np.float64), alpha.dtype), alpha)
 
 
 def _feather(mask: np.ndarray, blur: float) -> np.ndarray:

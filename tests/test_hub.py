@@ -25,6 +25,7 @@ MODEL_FILES = {
     "configuration_med.py",
     "modeling_med.py",
     "winograd.py",
+    "harmonic.py",
     "image_processing_med.py",
     "pipeline_med.py",
 }
