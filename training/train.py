@@ -61,6 +61,7 @@ from med_hf.losses import (
 )
 from med_hf.masks import MaskFolder, MaskSampler, eval_mask_indices
 from med_hf.model_card import write_model_card
+from med_hf.rtv import BORDERS, DEFAULT_BORDER
 
 logger = get_logger(__name__)
 
@@ -86,6 +87,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--mask_ratios", default="free_form=0.5,box=0.1,folder=0.4",
                       help="mix of mask sources: free_form, box, centre_box, folder")  # fmt: skip
     data.add_argument("--structure_cache_dir", help="disk cache of RTV structure images (default: memory only)")
+    data.add_argument(
+        "--structure_border",
+        choices=list(BORDERS),
+        default=DEFAULT_BORDER,
+        help="border of RTV's Gaussian: 'zero' pads with zeros like the authors' MATLAB conv2(..., 'same'); "
+        "'replicate' repeats the edge pixels",
+    )
     data.add_argument("--no_structure", action="store_true", help="skip RTV targets (structure loss off)")
 
     model = parser.add_argument_group("model")
@@ -419,7 +427,9 @@ def main(argv: list[str] | None = None) -> None:
         mask_sampler=build_mask_sampler(args),
         scale_range=tuple(args.random_scale),
         random_flip=not args.no_random_flip,
-        structure_cache=None if args.no_structure else StructureCache(args.structure_cache_dir),
+        structure_cache=None
+        if args.no_structure
+        else StructureCache(args.structure_cache_dir, border=args.structure_border),
     )
     dataset = load_streaming_dataset(
         args.dataset_name, args.train_data_dir, args.dataset_config_name, cache_dir=args.cache_dir
