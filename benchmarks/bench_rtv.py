@@ -1,4 +1,4 @@
-"""Time RTV structure smoothing (med_hf.rtv.rtv_smooth) on RGB images of training sizes.
+"""Time RTV structure smoothing (med_hf.training.rtv.rtv_smooth) on RGB images of training sizes.
 
 Usage::
 
@@ -26,10 +26,10 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import splu
 
 try:
-    from med_hf.rtv import rtv_smooth
+    from med_hf.training.rtv import rtv_smooth
 except ImportError:  # a checkout that was not pip-installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from med_hf.rtv import rtv_smooth
+    from med_hf.training.rtv import rtv_smooth
 
 # (height, width): the MEDFE training crop and a landscape BSDS500 image.
 SIZES = ((256, 256), (321, 481))

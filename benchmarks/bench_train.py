@@ -17,8 +17,8 @@ import torch
 from common import median_time, reference_workload
 
 from med_hf import MEDConfig, MEDModel
-from med_hf.discriminator import MEDDiscriminator
-from med_hf.losses import reconstruction_loss, relativistic_discriminator_loss, relativistic_generator_loss
+from med_hf.training.discriminator import MEDDiscriminator
+from med_hf.training.losses import reconstruction_loss, relativistic_discriminator_loss, relativistic_generator_loss
 
 
 def training_step_fn(preset: str, batch: int, resolution: int):

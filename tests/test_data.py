@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from med_hf.data import (
+from med_hf.training.data import (
     SampleTransform,
     StreamPosition,
     StructureCache,
@@ -15,8 +15,8 @@ from med_hf.data import (
     load_streaming_dataset,
     shard_for_process,
 )
-from med_hf.masks import MaskSampler
-from med_hf.rtv import structure_image
+from med_hf.training.masks import MaskSampler
+from med_hf.training.rtv import structure_image
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_parquet_datasets_stream_too(photo_dir, tmp_path):
 
 def test_structure_cache_computes_each_photo_once_and_persists(tmp_path, monkeypatch):
     calls = []
-    import med_hf.data as data
+    import med_hf.training.data as data
 
     def fake_rtv(image, border):
         calls.append(image.size)
@@ -115,7 +115,7 @@ def test_structure_cache_computes_each_photo_once_and_persists(tmp_path, monkeyp
 
 def test_structure_cache_keys_include_the_rtv_border(tmp_path, monkeypatch):
     """Targets made with another border (or before the border was part of the key) are never reused."""
-    import med_hf.data as data
+    import med_hf.training.data as data
 
     borders = []
 

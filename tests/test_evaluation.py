@@ -22,31 +22,29 @@ from PIL import Image
 from med_hf.evaluation import (
     CLASSICAL_BASELINES,
     IMAGE_SIZE,
-    PYRAMID_KERNEL,
-    ModelInpainter,
-    _binomial_blur_scipy,
+    PipelineInpainter,
     beats_summary,
     binomial_blur,
     bucket_label,
-    composite,
     evaluate_methods,
     fid_features,
     fid_from_features,
     frechet_distance,
     high_frequency_ratio,
+    keep_known,
     l1_percent,
     laplacian_pyramid,
     list_images,
-    load_image,
-    load_mask,
     load_torchscript,
     markdown_table,
-    mask_index,
     mask_path,
     masked_input,
     navier_stokes,
     patch_centres,
     preprocess_image,
+    protocol_image,
+    protocol_mask,
+    protocol_mask_name,
     psnr,
     sliced_wasserstein_distance,
     ssim,
@@ -55,6 +53,8 @@ from med_hf.evaluation import (
     texture_summary,
     verdict_lines,
 )
+from med_hf.evaluation.figures import plotted_metrics
+from med_hf.evaluation.metrics import PYRAMID_KERNEL, _binomial_blur_scipy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -79,7 +79,7 @@ def write_masks(mask_dir: Path, num_images: int, buckets: list[int]) -> None:
             side = 120 + 60 * bucket
             top, left = 40 + 30 * index, 60 + 20 * index
             mask[top : top + side, left : left + side] = 255
-            Image.fromarray(mask).save(mask_dir / f"{mask_index(index, bucket):05d}.png")
+            Image.fromarray(mask).save(mask_dir / protocol_mask_name(index, bucket))
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def dataset(tmp_path: Path) -> SimpleNamespace:
     for seed, (height, width) in enumerate([(90, 131), (131, 90), (100, 100)]):
         Image.fromarray(smooth_image(seed, height, width)).save(val_dir / f"img{seed}.png")
     write_masks(mask_dir, num_images=3, buckets=[0, 1])
-    images = [load_image(path) for path in list_images(val_dir)]
+    images = [protocol_image(path) for path in list_images(val_dir)]
     return SimpleNamespace(val_dir=val_dir, mask_dir=mask_dir, images=images, buckets=[0, 1])
 
 
@@ -125,14 +125,14 @@ def test_metrics_of_constant_offset():
     assert psnr(b, a) == psnr(a, b)
 
 
-def test_mask_index_formula():
-    assert mask_index(0, 0) == 0
-    assert mask_index(1, 0) == 37
-    assert mask_index(54, 0) == 1998
-    assert mask_index(55, 2) == 4000 + (55 * 37) % 2000 == 4035
-    assert mask_index(99, 5) == 10000 + 3663 % 2000
+def test_mask_name_formula():
+    assert protocol_mask_name(0, 0) == "00000.png"
+    assert protocol_mask_name(1, 0) == "00037.png"
+    assert protocol_mask_name(54, 0) == "01998.png"
+    assert protocol_mask_name(55, 2) == f"{4000 + (55 * 37) % 2000:05d}.png" == "04035.png"
+    assert protocol_mask_name(99, 5) == f"{10000 + 3663 % 2000:05d}.png"
     with pytest.raises(ValueError):
-        mask_index(0, 6)
+        protocol_mask_name(0, 6)
     assert bucket_label(1) == "10-20 %"
 
 
@@ -151,12 +151,12 @@ def test_preprocess_centre_crops_to_the_shorter_side():
     assert resized.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and resized.dtype == np.uint8
 
 
-def test_load_mask_thresholds_white_holes(tmp_path: Path):
+def test_protocol_mask_thresholds_white_holes(tmp_path: Path):
     mask = np.zeros((512, 512), np.uint8)
     mask[:256] = 128
     mask[256:, :256] = 127
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    hole = load_mask(tmp_path / "mask.png")
+    hole = protocol_mask(tmp_path / "mask.png")
     assert hole.dtype == bool and hole.shape == (IMAGE_SIZE, IMAGE_SIZE)
     assert hole[:128].all() and not hole[128:].any()
 
@@ -165,7 +165,7 @@ def test_composite_keeps_known_pixels_and_input_hides_holes():
     image, other = smooth_image(0), smooth_image(1)
     hole = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
     hole[50:100, 70:200] = True
-    result = composite(image, other, hole)
+    result = keep_known(image, other, hole)
     np.testing.assert_array_equal(result[~hole], image[~hole])
     np.testing.assert_array_equal(result[hole], other[hole])
     blanked = masked_input(image, hole)
@@ -181,7 +181,7 @@ def test_baselines_inpaint_only_the_hole(method):
     result = method(masked_input(image, hole), hole)
     assert result.dtype == np.uint8 and result.shape == image.shape
     np.testing.assert_array_equal(result[~hole], image[~hole])
-    assert psnr(composite(image, result, hole), image) > 30
+    assert psnr(keep_known(image, result, hole), image) > 30
 
 
 # ---------------------------------------------------------------------------------- texture metrics
@@ -247,16 +247,16 @@ def test_high_frequency_ratio():
     assert high_frequency_ratio(target, target, hole) == 1.0
     # A flat fill only keeps the step at the hole's boundary.
     mean_colour = np.broadcast_to(target[hole].mean(axis=0).round().astype(np.uint8), target.shape)
-    assert high_frequency_ratio(composite(target, mean_colour, hole), target, hole) < 0.05
+    assert high_frequency_ratio(keep_known(target, mean_colour, hole), target, hole) < 0.05
     # Noise adds detail.
     noise = np.random.default_rng(2).normal(0.0, 40.0, target.shape)
     noisy = np.clip(target + noise, 0, 255).astype(np.uint8)
-    assert high_frequency_ratio(composite(target, noisy, hole), target, hole) > 1.0
+    assert high_frequency_ratio(keep_known(target, noisy, hole), target, hole) > 1.0
     # The more blur, the less fine detail.
     ratios = []
     for sigma in (0.5, 1.0, 2.0):
         blurred = scipy.ndimage.gaussian_filter(target.astype(np.float64), (sigma, sigma, 0))
-        filled = composite(target, np.clip(blurred.round(), 0, 255).astype(np.uint8), hole)
+        filled = keep_known(target, np.clip(blurred.round(), 0, 255).astype(np.uint8), hole)
         ratios.append(high_frequency_ratio(filled, target, hole))
     assert 1.0 > ratios[0] > ratios[1] > ratios[2] > 0.0
     # Skipped: an empty hole, or a ground truth without detail in the hole.
@@ -305,7 +305,7 @@ def patch_sets(images: list[np.ndarray], targets: list[np.ndarray], hole: np.nda
         centres = patch_centres(hole, index)
         for level, (a, b) in enumerate(
             zip(
-                swd_patches(laplacian_pyramid(composite(target, image, hole)), centres),
+                swd_patches(laplacian_pyramid(keep_known(target, image, hole)), centres),
                 swd_patches(laplacian_pyramid(target), centres),
                 strict=True,
             )
@@ -398,7 +398,7 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     assert report["num_images"] == 3 and report["protocol"]["version"]
     assert [bucket["label"] for bucket in report["buckets"]] == ["0-10 %", "10-20 %"]
     expected_ratio = np.mean(
-        [load_mask(mask_path(dataset.mask_dir, index, 1)).mean() for index in range(len(dataset.images))]
+        [protocol_mask(mask_path(dataset.mask_dir, index, 1)).mean() for index in range(len(dataset.images))]
     )
     assert report["buckets"][1]["hole_ratio"]["mean"] == pytest.approx(expected_ratio)
     # 3 images x 2 buckets = 6 items in chunks of the largest batch size.
@@ -429,8 +429,10 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     json.dumps(report, allow_nan=False)
 
     # HF and SWD are those of the public functions on the protocol's images, masks and image indices.
-    holes = [load_mask(mask_path(dataset.mask_dir, index, 1)) for index in range(3)]
-    grey = [composite(image, np.full_like(image, 128), hole) for image, hole in zip(dataset.images, holes, strict=True)]
+    holes = [protocol_mask(mask_path(dataset.mask_dir, index, 1)) for index in range(3)]
+    grey = [
+        keep_known(image, np.full_like(image, 128), hole) for image, hole in zip(dataset.images, holes, strict=True)
+    ]
     ratios = [high_frequency_ratio(c, t, h) for c, t, h in zip(grey, dataset.images, holes, strict=True)]
     assert report["methods"]["grey"]["buckets"][1]["hf"]["mean"] == pytest.approx(np.mean(ratios), rel=1e-12)
     fake, real = [[], [], []], [[], [], []]
@@ -549,28 +551,27 @@ def test_texture_summary_and_verdicts():
     assert verdict_lines(report)[0] == "`sharp` matches or beats telea, ns in PSNR and SSIM in every bucket."
 
 
-def test_model_inpainter_batches_and_round_trips():
-    class Identity(torch.nn.Module):
-        """Returns its input: the glue's uint8 -> [-1, 1] -> uint8 conversion must then be lossless."""
+def test_pipeline_inpainter_runs_the_pipeline_users_call_in_batches(tiny_model):
+    from med_hf import MEDInpaintPipeline
 
-        def __init__(self) -> None:
-            super().__init__()
-            self.scale = torch.nn.Parameter(torch.ones(()))
-            self.calls = []
-
-        def forward(self, pixel_values: torch.Tensor, mask: torch.Tensor) -> SimpleNamespace:
-            self.calls.append((pixel_values.shape, mask.shape, mask.dtype))
-            assert not torch.is_grad_enabled()
-            return SimpleNamespace(reconstruction=pixel_values * self.scale)
-
-    model = Identity()
-    inpaint = ModelInpainter(model, batch_size=2)
+    pipe = MEDInpaintPipeline(model=tiny_model)
+    calls = []
+    handle = tiny_model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+    )
+    inpaint = PipelineInpainter(pipe, batch_size=2)
     images = np.stack([smooth_image(seed) for seed in range(5)])
     holes = np.zeros((5, IMAGE_SIZE, IMAGE_SIZE), bool)
-    np.testing.assert_array_equal(inpaint.batch(images, holes), images)
-    assert [call[0][0] for call in model.calls] == [2, 2, 1]
-    assert model.calls[0][1:] == ((2, 1, IMAGE_SIZE, IMAGE_SIZE), torch.float32)
-    np.testing.assert_array_equal(inpaint(images[0], holes[0]), images[0])
+    holes[:, 100:140, 60:120] = True
+    try:
+        results = inpaint.batch(images, holes)
+    finally:
+        handle.remove()
+    assert calls == [2, 2, 1]
+    assert results.dtype == np.uint8 and results.shape == images.shape
+    np.testing.assert_array_equal(results[:, ~holes[0]], images[:, ~holes[0]])
+    expected = pipe(image=list(images), mask_image=list(holes), batch_size=2, output_type="np").images
+    np.testing.assert_array_equal(results, np.stack([np.rint(e * 255).astype(np.uint8) for e in expected]))
 
 
 # --------------------------------------------------------------------------------------- FID/LPIPS
@@ -678,7 +679,7 @@ def test_cli_end_to_end(tmp_path: Path, dataset: SimpleNamespace, capsys):
     assert "| hole ratio | Telea PSNR |" in markdown and markdown in captured.out
     assert "| Telea HF | Telea SWD |" in markdown and "* Texture (no network): HF = " in markdown
     assert report["methods"]["ns"]["buckets"][1]["swd"] > 0 and report["methods"]["ns"]["buckets"][1]["hf"]["mean"] > 0
-    assert cli.plotted_metrics(report) == ["psnr", "ssim", "l1", "hf", "swd"]
+    assert plotted_metrics(report) == ["psnr", "ssim", "l1", "hf", "swd"]
     for name in ("metrics.png", "examples.png"):
         with Image.open(output_dir / name) as image:
             assert image.width > 500
@@ -739,7 +740,7 @@ def test_shared_masks_follow_the_protocol_buckets():
     mask_dir = SHARED_DATA / "masks" / "irregular"
     for bucket in range(6):
         for index in range(0, 100, 25):
-            ratio = load_mask(mask_path(mask_dir, index, bucket)).mean()
+            ratio = protocol_mask(mask_path(mask_dir, index, bucket)).mean()
             # Nearest resizing from 512 to 256 moves the ratio only slightly out of its bucket.
             assert bucket * 0.1 - 0.01 < ratio <= bucket * 0.1 + 0.11, (index, bucket, ratio)
 
@@ -756,7 +757,7 @@ SHARED_VAL = SHARED_DATA / "bsds500" / "val"
 def shared_val_images() -> list[np.ndarray]:
     if not (SHARED_VAL.is_dir() and (SHARED_DATA / "masks" / "irregular").is_dir()):
         pytest.skip("the shared data folder (../shared/data/bsds500/val and masks/irregular) is absent")
-    return [load_image(path) for path in list_images(SHARED_VAL)]
+    return [protocol_image(path) for path in list_images(SHARED_VAL)]
 
 
 @pytest.mark.parametrize(

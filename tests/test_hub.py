@@ -1,4 +1,4 @@
-"""`med-publish` (med_hf.hub): repo layouts, model card metadata, loading the published repos, uploads, errors."""
+"""`med-publish` (med_hf.publishing.hub): repo layouts, model cards, loading the published repos, uploads, errors."""
 
 import json
 import os
@@ -13,7 +13,8 @@ import torch
 from huggingface_hub import HfApi, ModelCard, SpaceCard
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from med_hf import MEDConfig, MEDModel, hub
+from med_hf import MEDConfig, MEDModel
+from med_hf.publishing import hub
 from med_hf.evaluation import PROTOCOL, beats_summary, bucket_label
 
 REPO_ID = "med-org/medfe-tiny"
@@ -141,7 +142,7 @@ def test_dry_run_writes_the_model_repo(dry_run, sources):
     assert config["auto_map"] == {"AutoConfig": "configuration_med.MEDConfig", "AutoModel": "modeling_med.MEDModel"}
     assert config["model_type"] == "med" and config["base_channels"] == 4
     for name in hub.REMOTE_CODE_FILES:
-        assert (model / name).read_text() == (Path(hub.__file__).parent / name).read_text()
+        assert (model / name).read_text() == (hub.MODEL_CODE_DIR / name).read_text()
     assert sorted(p.name for p in dry_run.iterdir()) == ["model", "space"]  # no staging folder left
 
 
@@ -512,6 +513,8 @@ def test_dry_run_never_overwrites_and_never_leaves_half_a_repo(sources, tmp_path
 
 @pytest.mark.slow
 def test_module_runs_as_a_script():
-    result = subprocess.run([sys.executable, "-m", "med_hf.hub", "--help"], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "med_hf.publishing.hub", "--help"], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert "--repo-id" in result.stdout and "--dry-run" in result.stdout

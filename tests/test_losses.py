@@ -5,8 +5,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from med_hf.discriminator import MEDDiscriminator
-from med_hf.losses import (
+from med_hf.training.discriminator import MEDDiscriminator
+from med_hf.training.losses import (
     PerceptualStyleLoss,
     VGG16Features,
     gram_matrix,

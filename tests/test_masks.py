@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from med_hf.masks import (
+from med_hf.evaluation import mask_path, protocol_mask_name, protocol_mask_names
+from med_hf.training.masks import (
     MaskFolder,
     MaskSampler,
     box_mask,
-    eval_mask_index,
-    eval_mask_indices,
     free_form_mask,
 )
 
@@ -270,21 +269,34 @@ def test_mask_sampler_never_returns_uniform_masks(tmp_path):
         broken.sample(16, 16, rng)
 
 
-def test_eval_mask_indices():
-    indices = eval_mask_indices(100)
-    assert len(indices) == len(set(indices)) == 600
-    assert indices == sorted(indices)
-    assert indices[0] >= 0 and indices[-1] < 12000
-    for image, bucket, expected in [
-        (0, 0, 0),
-        (1, 0, 37),
-        (54, 0, 1998),
-        (55, 0, 35),
-        (99, 5, 11663),
-        (2, 3, 6074),
-    ]:
-        assert eval_mask_index(image, bucket) == expected
-        assert expected in indices
-    assert [sum(b * 2000 <= i < (b + 1) * 2000 for i in indices) for b in range(6)] == [100] * 6
-    assert eval_mask_indices(3, buckets=[1], per_bucket=10, stride=3) == [10, 13, 16]
-    assert eval_mask_indices(0) == []
+def test_protocol_mask_names_are_the_files_the_evaluation_opens(tmp_path):
+    names = protocol_mask_names(100)
+    assert len(names) == len(set(names)) == 600
+    assert names == sorted(names)
+    for image, bucket, expected in [(0, 0, 0), (1, 0, 37), (54, 0, 1998), (55, 0, 35), (99, 5, 11663), (2, 3, 6074)]:
+        assert protocol_mask_name(image, bucket) == f"{expected:05d}.png" in names
+        assert mask_path(_mask_dir_with(tmp_path, f"{expected:05d}.png"), image, bucket).name == f"{expected:05d}.png"
+    assert [sum(b * 2000 <= int(n[:5]) < (b + 1) * 2000 for n in names) for b in range(6)] == [100] * 6
+    assert protocol_mask_names(3, buckets=[1]) == ["02000.png", "02037.png", "02074.png"]
+    assert protocol_mask_names(0) == []
+
+
+def _mask_dir_with(root: Path, name: str) -> Path:
+    folder = root / name.removesuffix(".png")
+    folder.mkdir(exist_ok=True)
+    _save(folder / name, np.zeros((4, 4)))
+    return folder
+
+
+def test_training_excludes_the_evaluation_masks_by_name(tmp_path):
+    """A stray file in the mask folder shifts every position but not the names: nothing leaks."""
+    folder = tmp_path / "masks"
+    folder.mkdir()
+    for index in range(40):
+        _save(folder / f"{index:05d}.png", np.full((8, 8), 255 if index in (0, 37) else 0))
+    _save(folder / "00000a.png", np.zeros((8, 8)))  # sorts between 00000.png and 00001.png
+    masks = MaskFolder(folder, exclude=protocol_mask_names(2, buckets=[0]), rotate=False, flip=False)
+    assert {masks.files[i].name for i in masks.indices}.isdisjoint({"00000.png", "00037.png"})
+    assert len(masks) == 39
+    rng = np.random.default_rng(0)
+    assert all(masks.sample(8, 8, rng).sum() == 0 for _ in range(50))

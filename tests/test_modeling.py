@@ -9,7 +9,8 @@ import torch
 from transformers import AutoConfig, AutoModel
 
 from med_hf import MEDConfig, MEDModel
-from med_hf.modeling_med import MEDFeatureEqualization, MEDPartialConv, harmonic_fill, reflect_pad
+from med_hf.harmonic import harmonic_fill
+from med_hf.modeling_med import MEDFeatureEqualization, MEDPartialConv, reflect_pad
 
 
 def random_inputs(batch: int, height: int, width: int, seed: int = 0):

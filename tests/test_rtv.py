@@ -1,4 +1,4 @@
-"""Tests of the RTV structure smoothing (med_hf.rtv) on synthetic images whose structure is known."""
+"""Tests of the RTV structure smoothing (med_hf.training.rtv) on synthetic images whose structure is known."""
 
 import inspect
 import math
@@ -10,7 +10,7 @@ from PIL import Image
 from scipy.ndimage import correlate1d
 from scipy.sparse.linalg import spsolve
 
-from med_hf.rtv import (
+from med_hf.training.rtv import (
     BORDERS,
     DEFAULT_BORDER,
     _gaussian_blur,

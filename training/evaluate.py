@@ -28,13 +28,10 @@ weights that are never downloaded: pass local TorchScript files with
 from __future__ import annotations
 
 import argparse
-import io
 import json
-import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -43,37 +40,21 @@ import cv2
 import numpy as np
 import skimage
 import torch
-from matplotlib.figure import Figure
 
+from med_hf.atomic_files import write_bytes, write_text
 from med_hf.evaluation import (
     CLASSICAL_BASELINES,
-    DISPLAY_NAMES,
     NUM_BUCKETS,
     InpaintFn,
-    bucket_label,
-    bucket_metric,
-    composite,
+    PipelineInpainter,
     evaluate_methods,
     list_images,
-    load_image,
-    load_mask,
     load_torchscript,
-    markdown_table,
     mask_path,
-    masked_input,
-    model_inpaint_fn,
-    verdict_lines,
+    protocol_image,
 )
-
-METRIC_TITLES = {
-    "psnr": "PSNR (dB, higher is better)",
-    "ssim": "SSIM (higher is better)",
-    "l1": "L1 error (%, lower is better)",
-    "hf": "HF: fine detail in the hole (1 = the photo's)",
-    "swd": "SWD: patch statistics (lower is better)",
-    "lpips": "LPIPS (lower is better)",
-    "fid": "FID (lower is better)",
-}
+from med_hf.evaluation.figures import comparison_grid, figure_png, plot_metrics
+from med_hf.evaluation.report import markdown_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -159,106 +140,6 @@ def parse_model_spec(spec: str) -> tuple[str, str]:
     return Path(spec.rstrip("/")).name, spec
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def figure_png(figure: Figure) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    return buffer.getvalue()
-
-
-def plotted_metrics(report: dict[str, Any]) -> list[str]:
-    """The metrics of ``report`` to plot: PSNR, SSIM, L1, HF and SWD if the report has them, FID/LPIPS if computed."""
-    entries = [bucket for method in report["methods"].values() for bucket in method["buckets"]]
-    return [
-        metric
-        for metric in METRIC_TITLES
-        if metric in ("psnr", "ssim", "l1")
-        or (metric in ("hf", "swd") and all(metric in entry for entry in entries))
-        or (metric in report["perceptual"] and report["perceptual"][metric]["computed"])
-    ]
-
-
-def plot_metrics(report: dict[str, Any]) -> Figure:
-    """One subplot per metric against the hole-ratio bucket, one line per method (baselines dashed).
-
-    At most three subplots per row (PSNR, SSIM, L1 on the first; HF, SWD and LPIPS / FID below).
-    """
-    metrics = plotted_metrics(report)
-    labels = [bucket["label"] for bucket in report["buckets"]]
-    columns = min(len(metrics), 3)
-    rows = -(-len(metrics) // columns)
-    figure = Figure(figsize=(5 * columns, 4.2 * rows), layout="constrained")
-    axes = figure.subplots(rows, columns, squeeze=False).ravel()
-    for ax in axes[len(metrics) :]:
-        ax.set_visible(False)
-    for ax, metric in zip(axes, metrics, strict=False):
-        for name, method in report["methods"].items():
-            values = [bucket_metric(bucket, metric) for bucket in method["buckets"]]
-            values = [math.nan if value is None else value for value in values]
-            style = "--" if method["kind"] == "classical" else "-"
-            ax.plot(range(len(labels)), values, style, marker="o", label=DISPLAY_NAMES.get(name, (name,))[0])
-        ax.set_xticks(range(len(labels)), labels, rotation=30)
-        ax.set_xlabel("hole ratio (mask bucket)")
-        ax.set_title(METRIC_TITLES[metric])
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    figure.suptitle(f"{report['num_images']} images, protocol v{report['protocol']['version']}")
-    return figure
-
-
-def comparison_grid(methods: dict[str, InpaintFn], images: list[np.ndarray], mask_dir: Path, bucket: int) -> Figure:
-    """Rows of (input with the hole in white, each method's composite, ground truth) for ``images``."""
-    columns = ["input (hole in white)", *methods, "ground truth"]
-    figure = Figure(figsize=(2.6 * len(columns), 2.6 * len(images) + 0.4), layout="constrained")
-    axes = figure.subplots(len(images), len(columns), squeeze=False)
-    for index, (row, image) in enumerate(zip(axes, images, strict=True)):
-        hole = load_mask(mask_path(mask_dir, index, bucket))
-        tiles = [np.where(hole[..., None], np.uint8(255), image)]
-        tiles += [composite(image, fn(masked_input(image, hole), hole), hole) for fn in methods.values()]
-        tiles.append(image)
-        for ax, tile in zip(row, tiles, strict=True):
-            ax.imshow(tile)
-            ax.set_axis_off()
-    for ax, title in zip(axes[0], columns, strict=True):
-        ax.set_title(title, fontsize=10)
-    figure.suptitle(f"hole ratio {bucket_label(bucket)}")
-    return figure
-
-
-def markdown_report(report: dict[str, Any]) -> str:
-    """The table of the protocol's layout plus the verdict on each learned method and the FID/LPIPS status."""
-    lines = [
-        f"Evaluation protocol v{report['protocol']['version']} on {report['num_images']} images "
-        f"of `{report['data']['val_dir_name']}`.",
-        "",
-        markdown_table(report),
-        "",
-    ]
-    lines += [f"* {line}" for line in verdict_lines(report)]
-    if "hf" in plotted_metrics(report):
-        lines.append(
-            "* Texture (no network): HF = fine detail (finest Laplacian-pyramid level) in the hole relative to the "
-            "photo's own, 1 = as much as the photo, a smooth fill is far below 1; SWD = sliced Wasserstein "
-            "distance (x 1000) between 7x7 patches of the holes and of the photos, lower is better."
-        )
-    for metric, status in report["perceptual"].items():
-        if not status["computed"]:
-            lines.append(f"* {metric.upper()} not computed: {status['reason']}")
-    return "\n".join(lines) + "\n"
-
-
 def warn_perceptual_skipped(args: argparse.Namespace) -> None:
     missing = [
         f"{metric} (pass {flag})"
@@ -293,11 +174,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 mask_path(args.mask_dir, index, bucket)
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
-    images = [load_image(path) for path in paths]
+    images = [protocol_image(path) for path in paths]
 
     methods: dict[str, InpaintFn] = {name: CLASSICAL_BASELINES[name] for name in args.baselines}
     for name, model in args.model.items():
-        methods[name] = model_inpaint_fn(model, batch_size=args.batch_size, device=device)
+        methods[name] = PipelineInpainter(model, batch_size=args.batch_size, device=device)
     fid_extractor = load_torchscript(args.fid_extractor, device) if args.fid_extractor else None
     lpips_model = load_torchscript(args.lpips_model, device) if args.lpips_model else None
 
@@ -324,14 +205,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.save_images > 0:
         count = min(args.save_images, len(images))
         grid = comparison_grid(methods, images[:count], args.mask_dir, args.image_bucket)
-        atomic_write(args.output_dir / "examples.png", figure_png(grid))
+        write_bytes(args.output_dir / "examples.png", figure_png(grid))
     else:
         # A grid left by an earlier run would not match this report.
         (args.output_dir / "examples.png").unlink(missing_ok=True)
-    atomic_write(args.output_dir / "metrics.png", figure_png(plot_metrics(report)))
+    write_bytes(args.output_dir / "metrics.png", figure_png(plot_metrics(report)))
     markdown = markdown_report(report)
-    atomic_write(args.output_dir / "report.md", markdown.encode())
-    atomic_write(args.output_dir / "report.json", json.dumps(report, indent=2).encode())
+    write_text(args.output_dir / "report.md", markdown)
+    write_text(args.output_dir / "report.json", json.dumps(report, indent=2))
     print(markdown)
     print(f"Wrote {args.output_dir / 'report.json'} in {report['timing']['total_seconds']:.1f} s.")
     return report

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from med_hf import MEDModel
 from med_hf.atomic_files import atomic_folder
-from med_hf.model_card import write_model_card
+from med_hf.publishing.model_card import write_model_card
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "med_hf" / "default_model"
 DESCRIPTION = (

@@ -41,7 +41,9 @@ from tqdm.auto import tqdm
 
 from med_hf import MEDConfig, MEDModel
 from med_hf.configuration_med import HOLE_PRIORS
-from med_hf.data import (
+from med_hf.evaluation import protocol_mask_names
+from med_hf.publishing.model_card import write_model_card
+from med_hf.training.data import (
     SampleTransform,
     StreamPosition,
     StructureCache,
@@ -49,8 +51,8 @@ from med_hf.data import (
     load_streaming_dataset,
     shard_for_process,
 )
-from med_hf.discriminator import MEDDiscriminator
-from med_hf.losses import (
+from med_hf.training.discriminator import MEDDiscriminator
+from med_hf.training.losses import (
     PerceptualStyleLoss,
     VGG16Features,
     hole_area_weights,
@@ -59,9 +61,8 @@ from med_hf.losses import (
     relativistic_generator_loss,
     ssim,
 )
-from med_hf.masks import MaskFolder, MaskSampler, eval_mask_indices
-from med_hf.model_card import write_model_card
-from med_hf.rtv import BORDERS, DEFAULT_BORDER
+from med_hf.training.masks import MaskFolder, MaskSampler
+from med_hf.training.rtv import BORDERS, DEFAULT_BORDER
 
 logger = get_logger(__name__)
 
@@ -176,7 +177,7 @@ def build_mask_sampler(args: argparse.Namespace) -> MaskSampler:
         weights[name.strip()] = float(value)
     folder = None
     if args.mask_dir:
-        exclude = eval_mask_indices(args.mask_exclude_eval) if args.mask_exclude_eval else ()
+        exclude = protocol_mask_names(args.mask_exclude_eval) if args.mask_exclude_eval else ()
         folder = MaskFolder(args.mask_dir, exclude=exclude)
     elif weights.get("folder"):
         logger.warning("no --mask_dir: the 'folder' share of --mask_ratios is dropped")

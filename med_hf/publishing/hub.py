@@ -46,12 +46,14 @@ try:  # the HTTP library of huggingface_hub: its connection errors are not OSErr
 except ImportError:  # huggingface_hub 1.x
     from httpx import HTTPError
 
-from .configuration_med import MEDConfig
+from ..configuration_med import MEDConfig
 from .model_card import ORIGINAL_WEIGHTS_LICENSE, eval_results, render_model_card
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The Space's sources live in the repository next to the package (a checkout or an editable install).
-DEFAULT_SPACE_DIR = PACKAGE_DIR.parent / "space"
+# The model's own source files, shipped as remote code, are the top level of the package.
+MODEL_CODE_DIR = Path(__file__).resolve().parents[1]
+# The Space's sources ship inside the package (links to the repository's space/ folder, copied into wheels),
+# so that `med-publish` works from any installation.
+DEFAULT_SPACE_DIR = Path(__file__).parent / "space"
 # Shipped flat next to the weights; each may import the others relatively, nothing else from med_hf.
 REMOTE_CODE_FILES = (
     "configuration_med.py",
@@ -158,7 +160,7 @@ def _check_weights(weight_files: tuple[Path, ...], config: MEDConfig) -> None:
     import torch
     from safetensors import SafetensorError, safe_open
 
-    from .modeling_med import MEDModel
+    from ..modeling_med import MEDModel
 
     found: dict[str, tuple[int, ...]] = {}
     for path in weight_files:
@@ -221,7 +223,7 @@ def _kind(entry: Any) -> str | None:
 def _check_report_renders(report: dict[str, Any], path: Path) -> None:
     """Fail now, in one line, rather than in the middle of rendering the card."""
     try:
-        from .evaluation import markdown_table
+        from ..evaluation import markdown_table
     except ImportError as error:
         raise PublishError(
             f"the evaluation table of the model card needs the training extras ({error}): pip install 'med-hf[train]'"
@@ -299,7 +301,7 @@ def build_model_repo(
     for path in source.weight_files:
         (_link_or_copy if link_weights else shutil.copyfile)(path, target / path.name)
     for name in REMOTE_CODE_FILES:
-        shutil.copyfile(PACKAGE_DIR / name, target / name)
+        shutil.copyfile(MODEL_CODE_DIR / name, target / name)
     _check_flat_imports(target)
     card = render_model_card(
         source.med_config,

@@ -8,8 +8,8 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .atomic_files import write_text
-from .configuration_med import MEDConfig
+from ..atomic_files import write_text
+from ..configuration_med import MEDConfig
 
 TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
@@ -118,7 +118,7 @@ def _training_details(training: Mapping[str, Any] | None) -> str:
 def _evaluation_details(evaluation: Mapping[str, Any] | None) -> str:
     if not evaluation:
         return "No evaluation report was attached to this card."
-    from .evaluation import markdown_table, verdict_lines
+    from ..evaluation import markdown_table, verdict_lines
 
     return (
         f"Protocol of med-hf (`training/evaluate.py`): {evaluation['num_images']} BSDS500 validation photos, "

@@ -63,7 +63,7 @@ class StructureCache:
     RTV takes a sizeable fraction of a second per photo; the cache (in memory, optionally mirrored on disk
     so later runs start warm) keeps it from starving the training loop.
 
-    ``border`` is the RTV blur border (:func:`med_hf.rtv.rtv_smooth`; ``"zero"``, the authors', by default).
+    ``border`` is the RTV blur border (:func:`med_hf.training.rtv.rtv_smooth`; ``"zero"``, the authors', by default).
     It is part of the key, so a disk cache filled with another border is never reused for this one (files
     written before the border was in the key, all made with the replicated border, are ignored too).
     """

@@ -19,17 +19,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..image_files import IMAGE_EXTENSIONS, is_image_file
+from ..image_processing_med import prepare_mask
+
 __all__ = [
-    "MASK_EXTENSIONS",
     "MaskFolder",
     "MaskSampler",
     "box_mask",
-    "eval_mask_index",
-    "eval_mask_indices",
     "free_form_mask",
 ]
-
-MASK_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
 def _check_size(height: int, width: int) -> None:
@@ -142,7 +140,7 @@ def box_mask(
 class MaskFolder:
     """Masks read from the image files of a folder (e.g. the irregular-mask data set of Liu et al. 2018).
 
-    The files are the folder's direct children with a known image extension (``MASK_EXTENSIONS``, any case),
+    The files are the folder's direct children with a known image extension (``IMAGE_EXTENSIONS``, any case),
     sorted by file name; indices always refer to this sorted list, excluded files included. A pixel is a
     hole when its grayscale value is > 127.
 
@@ -154,7 +152,8 @@ class MaskFolder:
     Args:
         root: folder holding the mask images.
         exclude: file names (e.g. ``"00042.png"``) or indices into the sorted file list that must never be
-            sampled, typically the masks of the evaluation protocol (see ``eval_mask_indices``).
+            sampled, typically the masks of the evaluation protocol
+            (``med_hf.evaluation.protocol_mask_names``).
         flip: apply random horizontal and vertical flips.
         rotate: apply random 90-degree rotations.
         zoom_range: ``(low, high)`` with ``1 <= low <= high``; ``(1, 1)`` disables the crop-and-resize zoom.
@@ -173,11 +172,11 @@ class MaskFolder:
         if not self.root.is_dir():
             raise FileNotFoundError(f"Mask folder {self.root} does not exist or is not a directory.")
         self.files = sorted(
-            (p for p in self.root.iterdir() if p.is_file() and p.suffix.lower() in MASK_EXTENSIONS),
+            (p for p in self.root.iterdir() if is_image_file(p)),
             key=lambda p: p.name,
         )
         if not self.files:
-            raise ValueError(f"Mask folder {self.root} holds no {'/'.join(MASK_EXTENSIONS)} files.")
+            raise ValueError(f"Mask folder {self.root} holds no {'/'.join(IMAGE_EXTENSIONS)} files.")
         if not 1 <= zoom_range[0] <= zoom_range[1]:
             raise ValueError(f"`zoom_range` must satisfy 1 <= low <= high, got {zoom_range}.")
         self.flip = flip
@@ -213,9 +212,11 @@ class MaskFolder:
         return len(self.indices)
 
     def load(self, index: int) -> np.ndarray:
-        """The unaugmented mask of file ``index`` of the sorted list, at its native ``(H, W)``, ``{0, 1}``."""
-        with Image.open(self.files[index]) as image:
-            return (np.asarray(image.convert("L")) > 127).astype(np.float32)
+        """The unaugmented mask of file ``index`` of the sorted list, at its native ``(H, W)``, ``{0, 1}``.
+
+        Read like every mask of the project (`prepare_mask`: white, above 127, is a hole).
+        """
+        return prepare_mask(self.files[index], max_pixels=None).astype(np.float32)
 
     def sample(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
         """An augmented mask of a random non-excluded file, ``float32`` ``(height, width)`` in ``{0, 1}``."""
@@ -317,29 +318,3 @@ class MaskSampler:
     def sample(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
         """A mask from a random source: ``float32`` ``(height, width)`` in ``{0, 1}``, never uniform."""
         return self.sample_with_source(height, width, rng)[0]
-
-
-def eval_mask_index(image_index: int, bucket: int, *, per_bucket: int = 2000, stride: int = 37) -> int:
-    """Index of the mask file the evaluation protocol pairs with validation image ``image_index``.
-
-    The irregular-mask test set holds ``per_bucket`` files per hole-ratio bucket, stored bucket after bucket
-    in sorted order; image ``i`` uses file ``bucket * per_bucket + (i * stride) % per_bucket`` of ``bucket``.
-    """
-    return bucket * per_bucket + (image_index * stride) % per_bucket
-
-
-def eval_mask_indices(
-    num_images: int, buckets: Iterable[int] = range(6), per_bucket: int = 2000, stride: int = 37
-) -> list[int]:
-    """Sorted, unique indices of all mask files used to evaluate ``num_images`` validation images.
-
-    Pass the result as ``MaskFolder(..., exclude=...)`` so training never sees an evaluation mask. With a
-    ``stride`` coprime to ``per_bucket`` the indices are distinct for ``num_images <= per_bucket``, i.e.
-    ``num_images * len(buckets)`` of them.
-    """
-    if num_images < 0 or per_bucket < 1:
-        raise ValueError(f"Need num_images >= 0 and per_bucket >= 1, got {num_images} and {per_bucket}.")
-    buckets = list(buckets)  # iterated once per image, so a one-shot iterator would not do
-    return sorted(
-        {eval_mask_index(i, b, per_bucket=per_bucket, stride=stride) for i in range(num_images) for b in buckets}
-    )
