@@ -47,6 +47,14 @@ def _create(path: Path, make) -> Path:
             raise type(error)(error.errno, f"cannot write into this folder ({error.strerror})", str(folder)) from None
 
 
+def _rename(temporary: Path, path: Path) -> None:
+    """Move the finished `temporary` to `path`; an error names `path` (e.g. a folder in the way), not `temporary`."""
+    try:
+        os.replace(temporary, path)
+    except OSError as error:
+        raise type(error)(error.errno, error.strerror, str(path)) from None
+
+
 @contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO]:
     """Open a file to write `path` completely or not at all.
@@ -66,7 +74,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "wb", encoding: str | None 
     try:
         with open(temporary, mode, encoding=encoding or ("utf-8" if mode == "w" else None)) as handle:
             yield handle
-        os.replace(temporary, path)
+        _rename(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
@@ -108,7 +116,12 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
         if path.exists():
             old = partial_name(path)
             path.rename(old)
-        staging.rename(path)
+        try:
+            _rename(staging, path)
+        except BaseException:
+            if old is not None:  # the old folder goes back: `path` never ends up holding neither
+                old.rename(path)
+            raise
         if old is not None:
             shutil.rmtree(old)
     except BaseException:

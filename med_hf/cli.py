@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -43,6 +44,7 @@ from .image_processing_med import (
     ImageTooLargeError,
     UnsupportedImageError,
     load_image,
+    read_icc_profile,
 )
 
 PROG = "med-inpaint"
@@ -80,13 +82,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model", help="model folder or Hub repo id (default: the model shipped with med-hf)")
     parser.add_argument("--hd-strategy", default="auto", choices=["auto", "crop", "resize", "original"])
-    parser.add_argument("--hd-crop-margin", type=int, default=128, help="context pixels around masked regions")
-    parser.add_argument("--mask-dilation", type=int, default=0, help="grow the mask by this many pixels")
-    parser.add_argument("--mask-blur", type=float, default=0, help="feather the seam (changes pixels near the mask)")
+    parser.add_argument("--hd-crop-margin", type=_at_least(0), default=128, help="context pixels around masked regions")
+    parser.add_argument("--mask-dilation", type=_at_least(0), default=0, help="grow the mask by this many pixels")
+    parser.add_argument(
+        "--mask-blur", type=_at_least(0, float), default=0, help="feather the seam (changes pixels near the mask)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="refuse larger photos")
+    parser.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS, help="refuse larger photos")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.mask_blur > args.hd_crop_margin:  # the feather must fit in the context around the hole
+        parser.error(f"--mask-blur ({args.mask_blur:g}) cannot exceed --hd-crop-margin ({args.hd_crop_margin})")
+    return args
+
+
+def _at_least(low: int, kind: type = int):
+    """An argparse type: a finite number of `kind` >= `low`, so that a wrong value is a usage error up front
+    rather than the same failure repeated for every photo."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be a number >= {low}, got {text}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,13 +128,13 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
     image_path, mask_path, output_path = Path(args.image), Path(args.mask), Path(args.output)
     jobs = plan_jobs(image_path, mask_path, output_path)
+    progress.total = len(jobs)  # before the model loads, which Ctrl-C may interrupt too
     refuse_overwriting_inputs(jobs, image_path, mask_path, output_path)
     for folder in {job.output.parent for job in jobs if job.problem is None}:
-        _prepare_output_folder(folder)
+        _check_output_folder(folder)
 
     pipe = _load_pipeline(args)
     folder_mode = image_path.is_dir()
-    progress.total = len(jobs)
     started = time.perf_counter()
     failed: list[str] = []
 
@@ -132,9 +155,9 @@ def _run(args: argparse.Namespace, progress: _Progress) -> int:
     elapsed = time.perf_counter() - started
     if folder_mode or failed:
         target = f" -> {output_path}" if progress.done else ""
-        print(f"{progress.done} inpainted, {len(failed)} failed, in {elapsed:.1f} s{target}")
+        print(_printable(f"{progress.done} inpainted, {len(failed)} failed, in {elapsed:.1f} s{target}"))
     elif progress.done:
-        print(f"wrote {jobs[0].output} in {elapsed:.1f} s")
+        print(_printable(f"wrote {jobs[0].output} in {elapsed:.1f} s"))
     return 1 if failed else 0
 
 
@@ -159,6 +182,8 @@ def plan_jobs(image: Path, mask: Path, output: Path) -> list[Job]:
     for path, option in ((image, "--image"), (mask, "--mask")):
         if not path.exists():
             raise InputError(f"{option}: no such file or folder: {path}")
+        if not (path.is_file() or path.is_dir()):  # a pipe or device would be read forever, or block
+            raise InputError(f"{option}: {path} is not a file or folder")
     if image.is_file():
         if mask.is_dir():
             raise InputError(f"--image is a file but --mask {mask} is a folder")
@@ -197,7 +222,8 @@ def _mark_shared_outputs(jobs: list[Job]) -> None:
     """Photos that would write the same output file (a.jpg and a.png -> a.png) all fail: none replaces another."""
     by_output: dict[str, list[Job]] = {}
     for job in jobs:
-        by_output.setdefault(os.path.normcase(os.path.abspath(job.output)), []).append(job)
+        # Compared ignoring case: A.png and a.png are one file on macOS, Windows and memory cards.
+        by_output.setdefault(os.path.abspath(job.output).casefold(), []).append(job)
     for sharing in by_output.values():
         if len(sharing) > 1:
             names = " and ".join(job.image.name for job in sharing)
@@ -245,14 +271,20 @@ def _check_output_format(output: Path) -> None:
         raise InputError(f"--output: {error}") from None
 
 
-def _prepare_output_folder(folder: Path) -> None:
-    """Create `folder` if needed and make sure results can be written there, before any work is done."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(f"cannot create the output folder {folder}: {error.strerror}") from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write into the output folder {folder}: permission denied")
+def _check_output_folder(folder: Path) -> None:
+    """Make sure results can be written into `folder`, before any work is done.
+
+    A missing folder is only created with the first result (`_inpaint_file`), so that a run that writes nothing
+    (a model that cannot be loaded, every photo failing) leaves nothing behind either.
+    """
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise InputError(f"cannot create the output folder {folder}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "write into" if existing == folder else f"create (in {existing})"
+        raise InputError(f"cannot {what} the output folder {folder}: permission denied")
 
 
 # --- running ---------------------------------------------------------------------------------------------
@@ -323,7 +355,9 @@ def _inpaint_file(pipe, job: Job, args: argparse.Namespace) -> list[str]:
     )
     if output.filled_pixels[0] == 0:
         notes.append(f"the mask {job.mask} has no white pixel (> 127): nothing to fill, the result is the photo")
-    icc_profile = None if isinstance(image, np.ndarray) else image.info.get("icc_profile")
+    job.output.parent.mkdir(parents=True, exist_ok=True)
+    # Arrays (16-bit colour) carry no metadata: their profile is read from the file's header.
+    icc_profile = read_icc_profile(job.image) if isinstance(image, np.ndarray) else image.info.get("icc_profile")
     return notes + write_result(output.images[0], job.output, icc_profile=icc_profile)
 
 
@@ -341,7 +375,9 @@ def _describe(error: Exception, job: Job) -> str:
     if isinstance(error, MemoryError | torch.OutOfMemoryError):
         # One photo too large for this machine must not end a folder run (and MemoryError has no text).
         message = f"out of memory ({type(error).__name__}); lower --max-pixels or use --hd-strategy crop"
-    elif isinstance(error, InputError | ImageLoadError | UnsupportedImageError | ValueError | OSError):
+    elif isinstance(error, InputError | ImageLoadError | UnsupportedImageError):
+        message = str(error)  # one line by construction, even where a file name holds a newline
+    elif isinstance(error, ValueError | OSError):
         message = _first_line(error)
     else:
         message = f"{type(error).__name__}: {_first_line(error)}"
@@ -362,10 +398,22 @@ def _warn(message: str, bar=None) -> None:
 
 
 def _write(line: str, bar=None) -> None:
+    line = _printable(line)
     if bar is not None:
         bar.write(line, file=sys.stderr)
     else:
         print(line, file=sys.stderr)
+
+
+def _printable(line: str) -> str:
+    """`line` as one line that any terminal shows and any stream accepts.
+
+    File names may hold a newline (which would split a message) or bytes that are not UTF-8 (which Python keeps
+    as lone surrogates, and printing those to a strict UTF-8 stream fails after the work is done): both are
+    shown escaped, like `\\n` and `\\xff`.
+    """
+    line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return "".join(char if char.isprintable() else char.encode("unicode_escape").decode("ascii") for char in line)
 
 
 if __name__ == "__main__":
