@@ -14,7 +14,8 @@ Prints, all measured in this run on this machine:
 - peak RSS of a fresh process that loads the model with `from_pretrained` and runs one forward (target < 1.5 GB),
   and of a fresh process running the released-code emulation.
 
-The spec measured the original code at 2.26 s median (2.12-2.68 s) and 3.1 GB peak RSS on a 2-core EPYC VM.
+The authors' original code was measured outside this repository (the project's reference notes, kept in
+../shared/reference) at 2.26 s median (2.12-2.68 s) and 3.1 GB peak RSS on a 2-core EPYC VM.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from common import median_time, peak_rss, reference_workload
 from med_hf import MEDConfig, MEDModel
 from med_hf import modeling_med as modeling
 
-# medfe_spec.md §12: the original code, 256x256 batch-1 forward, torch 2.13.0+cpu, 2 threads, median of 9 runs.
+# The original code's 256x256 batch-1 forward as measured outside this repository (reference notes in
+# ../shared/reference): torch 2.13.0+cpu, 2 threads, 2-core AMD EPYC VM, median of 9 runs.
 SPEC_ORIGINAL_SECONDS = 2.26
 
 

@@ -62,6 +62,9 @@ class MEDConfig(PreTrainedConfig):
       as (channels x height x width) without a transpose, scrambling the grid. `"spatial"` keeps features
       spatially aligned.
 
+    These are released quirks Q2, Q3 and Q4; docs/released_quirks.md describes every quirk of the released code
+    (Q1-Q18), whether it is mirrored or fixed, and the option that selects it.
+
     `refinement_channels > 0` adds a component that is not in the paper: a full-resolution refinement head (see
     `MEDRefinementHead`). With `hole_prior="harmonic"` the head also receives a harmonic (membrane) fill of the
     hole and blends it with the decoder's image through a learned per-pixel gate. The released architecture has

@@ -1,7 +1,8 @@
 """PyTorch MEDFE generator (Mutual Encoder-Decoder with Feature Equalizations, Liu et al., ECCV 2020).
 
 The module mirrors the network of the authors' released code (see `MEDConfig` for the three released bugs that
-are kept by default and their corrected variants) while computing it differently where that is much cheaper:
+are kept by default and their corrected variants, and docs/released_quirks.md for every released quirk) while
+computing it differently where that is much cheaper:
 
 - the partial convolutions never convolve a 256-channel mask: the valid mask is the same for every channel,
   so its renormalisation divisor is a one-channel convolution with the channel-summed mask kernel (in float64:
@@ -217,6 +218,7 @@ class MEDPartialConv(nn.Module):
     one-channel convolution with the channel-summed kernel gives the same divisor). With `"valid_ratio"` it is
     scaled by window size / valid taps (Liu et al., 2018). Positions whose window holds no valid tap output 0
     and stay invalid. `implementation` chooses how the feature convolution is computed (see `winograd.py`).
+    The random divisor is released quirk Q3 (docs/released_quirks.md).
     """
 
     def __init__(self, channels: int, kernel_size: int, renorm: str, implementation: str = "direct"):
@@ -302,7 +304,8 @@ class MEDFeatureEqualization(nn.Module):
     The spatial branch averages every grid position with a Gaussian over the whole grid (truncated at the
     border and renormalised); the range branch averages its 3x3 neighbourhood with softmax weights of the
     mean sigmoid-feature affinity. With `layout="released"` both results are reinterpreted from
-    (positions x channels) to (channels x height x width) without a transpose, as the released code does.
+    (positions x channels) to (channels x height x width) without a transpose, as the released code does
+    (released quirk Q4, docs/released_quirks.md).
     """
 
     def __init__(self, config: MEDConfig):
@@ -447,7 +450,8 @@ class MEDFEBlock(nn.Module):
         """(batch, 1, h, w) valid mask on the feature grid, or `None` when no position is a hole."""
         if self.feature_mask == "released":
             # The released code averages the mask with three strided 1/16 kernels and keeps values > 1: an
-            # average of values in [0, 1] never exceeds 1, so no feature position is ever a hole.
+            # average of values in [0, 1] never exceeds 1, so no feature position is ever a hole (released quirk
+            # Q2, docs/released_quirks.md).
             return None
         stride = mask.shape[-1] // grid[-1]
         return 1.0 - mask[..., ::stride, ::stride]

@@ -110,6 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--l1_weight", type=float, default=1.0)
     loss.add_argument("--hole_weight", type=float, default=1.0, help="L1 weight factor inside the hole")
     loss.add_argument("--valid_weight", type=float, default=1.0, help="L1 weight factor outside the hole")
+    # Q8 below is released quirk Q8 of docs/released_quirks.md: the released code counts the auxiliary loss 3 times.
     loss.add_argument("--aux_weight", type=float, default=3.0,
                       help="auxiliary branch loss; 3 reproduces the released code's double counting (Q8)")  # fmt: skip
     loss.add_argument("--perceptual_weight", type=float, default=0.2)
@@ -296,7 +297,8 @@ def apply_gradients(accelerator: Accelerator, loss: torch.Tensor, training: Trai
 
 
 def local_crop(seed: int, step: int, resolution: int):
-    """The local discriminator's 64x64 crop of this step; drawn per step, not tied to the hole (quirk Q11)."""
+    """The local discriminator's 64x64 crop of this step; drawn per step, not tied to the hole (released quirk Q11,
+    docs/released_quirks.md)."""
     rng = np.random.default_rng([seed, step, 7])
     top, left = (int(v) for v in rng.integers(0, resolution - LOCAL_CROP + 1, size=2))
 
@@ -321,7 +323,8 @@ def discriminator_step(accelerator, args, discriminators, training: Training, im
 
 
 def generator_losses(args, output, image, mask, discriminators, crop, perceptual) -> dict[str, torch.Tensor]:
-    """The weighted terms of the generator objective (spec section 8.1, plus the optional SSIM term)."""
+    """The weighted terms of the generator objective: the released recipe (its quirks are released quirks Q8-Q11,
+    docs/released_quirks.md), plus the optional SSIM term."""
     fake = output.reconstruction
     weights = hole_area_weights(mask) if args.weight_by_hole_area else None
     l1 = reconstruction_loss(fake, image, mask, args.hole_weight, args.valid_weight, sample_weights=weights)

@@ -1,5 +1,7 @@
 """Image-quality metrics of the evaluation protocol: PSNR, SSIM and L1, the texture metrics HF and SWD (no
-network needed; `eval_protocol.md`'s "Texture metrics"), and FID / LPIPS from local network files."""
+network needed; defined in the "Texture metrics" of the protocol's notes, kept outside this repository in
+../shared/reference/eval_protocol.md, and restated in `high_frequency_ratio` and `sliced_wasserstein_distance`
+below), and FID / LPIPS from local network files."""
 
 from __future__ import annotations
 

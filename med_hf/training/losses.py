@@ -1,5 +1,6 @@
-"""Training losses of MEDFE (spec section 8): reconstruction, perceptual/style on VGG16, relativistic LSGAN,
-plus an SSIM term (not in the original recipe) for models tuned for PSNR/SSIM.
+"""Training losses of MEDFE (the released recipe): reconstruction, perceptual/style on VGG16, relativistic LSGAN,
+plus an SSIM term (not in the original recipe) for models tuned for PSNR/SSIM. The recipe's quirks and the
+options that change them are released quirks Q8-Q11 in docs/released_quirks.md.
 
 All images are float tensors (batch, 3, H, W) in [-1, 1].
 """
@@ -32,7 +33,8 @@ def reconstruction_loss(
 ) -> torch.Tensor:
     """Mean L1 with separate weights for hole and known pixels.
 
-    `hole_weight == valid_weight == 1` is the released recipe: one L1 over the whole raw output (quirk Q10).
+    `hole_weight == valid_weight == 1` is the released recipe: one L1 over the whole raw output (released quirk
+    Q10, docs/released_quirks.md).
     `sample_weights` (batch,) scale each sample's mean (see `hole_area_weights`); `None` weighs all alike.
     """
     error = (prediction - target).abs()
@@ -148,7 +150,8 @@ class VGG16Features(nn.Module):
                 outputs[wanted[index]] = hidden
             if index == PERCEPTUAL_LAYERS["relu5_1"]:
                 break
-        # Quirk Q9 of the released code: its "relu5_2" re-applies the relu5_1 block (pool, conv5_1, ReLU).
+        # Released quirk Q9 (docs/released_quirks.md): the released code's "relu5_2" re-applies the relu5_1 block
+        # (pool, conv5_1, ReLU) to the relu5_1 features.
         outputs["relu5_2"] = self.features[25](self.features[24](self.features[23](hidden)))
         return outputs
 
