@@ -52,10 +52,10 @@ EXIF_ORIENTATION = 0x0112
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """The tiny preset saved as a bare MEDModel folder (float32 safetensors)."""
+    """The tiny preset, working at 64 px (one network pass per photo is enough here), saved as a MEDModel folder."""
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny") / "model"
-    MEDModel(MEDConfig.from_preset("tiny")).save_pretrained(path)
+    MEDModel(MEDConfig.from_preset("tiny", image_size=64)).save_pretrained(path)
     return path
 
 
@@ -815,6 +815,28 @@ def assert_complete_results(folder: Path, names: list[str], size: tuple[int, int
             assert result.size == size
 
 
+def test_a_too_large_photo_names_the_commands_own_option(capsys, model_dir, tmp_path):
+    images, masks = _photo_folders(tmp_path, 1)
+    code, _, err = run(
+        capsys,
+        "--image",
+        images,
+        "--mask",
+        masks,
+        "--output",
+        tmp_path / "out",
+        "--model",
+        model_dir,
+        "--max-pixels",
+        "6000",
+    )
+    assert code == 1
+    line = one_error(err)
+    assert line.startswith(f"{ERROR}{images / 'p0.png'}: image of 96x64 pixels")
+    assert line.endswith("or raise --max-pixels if this machine has the memory.")
+    assert "MAX_IMAGE_PIXELS" not in line and "max_pixels" not in line
+
+
 def test_ctrl_c_in_a_folder_run_of_the_installed_script(model_dir, tmp_path):
     script = shutil.which("med-inpaint")
     assert script, "the med-inpaint console script is not installed (pip install -e .)"
@@ -836,6 +858,7 @@ def test_ctrl_c_in_a_folder_run_of_the_installed_script(model_dir, tmp_path):
     line = one_error(err)
     assert "interrupted" in line and "finished results are kept" in line
     done = sorted(p.name for p in output.iterdir())
+    assert not [name for name in done if name.startswith(".") or name.endswith(PARTIAL_SUFFIX)], done
     assert 1 <= len(done) < 8
     assert_complete_results(output, done, size)
     assert f"{len(done)} of 8 photos done" in line
