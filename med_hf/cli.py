@@ -9,7 +9,7 @@ lossless output format (PNG, the default for folders) to keep it so on disk.
 A user's files are never replaced: an output that is one of the inputs, however its path is spelled, is refused
 before anything runs, and two inputs that would write the same output fail instead of overwriting each other.
 Results are written completely or not at all. Errors are one line on stderr; the exit code is 1 when anything
-failed and 130 after Ctrl-C (finished results are kept).
+failed, 130 after Ctrl-C and 143 after SIGTERM (finished results are kept, no partial file is left).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import argparse
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -38,19 +40,12 @@ from .image_files import (
     reading_notes,
     write_result,
 )
-from .image_processing_med import (
-    DEFAULT_MAX_PIXELS,
-    ImageLoadError,
-    ImageTooLargeError,
-    UnsupportedImageError,
-    load_image,
-    read_icc_profile,
-)
 
 PROG = "med-inpaint"
 # Masks may be named like their photo ("a.png" for "a.jpg") or with this suffix ("a_mask.png").
 MASK_SUFFIX = "_mask"
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what shells report for a terminated command
 
 
 class InputError(Exception):
@@ -68,6 +63,8 @@ class Job:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from .image_processing_med import DEFAULT_MAX_PIXELS
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Fill the white area of a mask in a photo with MEDFE (file or folder mode).",
@@ -112,17 +109,34 @@ def _at_least(low: int, kind: type = int):
     return parse
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every partial file is cleaned up on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
     progress = _Progress()
+    previous = (
+        signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
-        return _run(args, progress)
+        # Heavy libraries (torch, transformers) load from here on, where Ctrl-C is answered in one line.
+        return _run(parse_args(argv), progress)
     except InputError as error:
         _error(str(error))
         return 1
     except KeyboardInterrupt:
         _error(f"interrupted; {progress.summary()}")
         return EXIT_INTERRUPTED
+    except _Terminated:
+        _error(f"terminated; {progress.summary()}")
+        return EXIT_TERMINATED
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _run(args: argparse.Namespace, progress: _Progress) -> int:
@@ -333,6 +347,8 @@ def _no_loading_bars() -> Iterator[None]:
 
 
 def _inpaint_file(pipe, job: Job, args: argparse.Namespace) -> list[str]:
+    from .image_processing_med import load_image, read_icc_profile
+
     """Inpaint one photo and write its result; returns notes on what changed beyond the hole."""
     image = load_image(job.image, max_pixels=args.max_pixels)
     mask = load_image(job.mask, max_pixels=args.max_pixels)
@@ -369,6 +385,8 @@ def _size(image: Image.Image | np.ndarray) -> tuple[int, int]:
 def _describe(error: Exception, job: Job) -> str:
     """One line for a failed photo, naming the file."""
     import torch
+
+    from .image_processing_med import ImageLoadError, ImageTooLargeError, UnsupportedImageError
 
     if isinstance(error, ImageTooLargeError):
         return error.describe("--max-pixels")

@@ -215,4 +215,7 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
 
 
+# Saved folders carry `auto_map` and the source files, so they load with trust_remote_code=True anywhere.
+MEDConfig.register_for_auto_class()
+
 __all__ = ["CORRECTED_VARIANTS", "HOLE_PRIORS", "PRESETS", "MEDConfig"]

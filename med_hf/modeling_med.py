@@ -755,6 +755,8 @@ def check_finite_weights(model: nn.Module) -> None:
             raise ValueError(f"the model's weights are corrupt: {name} holds NaN or infinite values")
 
 
+MEDModel.register_for_auto_class("AutoModel")
+
 __all__ = [
     "DEFAULT_MODEL_DIR",
     "MEDInpaintingOutput",

@@ -837,7 +837,10 @@ def test_a_too_large_photo_names_the_commands_own_option(capsys, model_dir, tmp_
     assert "MAX_IMAGE_PIXELS" not in line and "max_pixels" not in line
 
 
-def test_ctrl_c_in_a_folder_run_of_the_installed_script(model_dir, tmp_path):
+@pytest.mark.parametrize(
+    ("sent", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_in_a_folder_run_of_the_installed_script(model_dir, tmp_path, sent, code, word):
     script = shutil.which("med-inpaint")
     assert script, "the med-inpaint console script is not installed (pip install -e .)"
     size = (128, 128)  # with --hd-strategy original, seven photos are surely left when the first result appears
@@ -852,11 +855,11 @@ def test_ctrl_c_in_a_folder_run_of_the_installed_script(model_dir, tmp_path):
     while not (output.is_dir() and any(not p.name.startswith(".") for p in output.iterdir())):
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.005)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     out, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
+    assert process.returncode == code, err
     line = one_error(err)
-    assert "interrupted" in line and "finished results are kept" in line
+    assert word in line and "finished results are kept" in line
     done = sorted(p.name for p in output.iterdir())
     assert not [name for name in done if name.startswith(".") or name.endswith(PARTIAL_SUFFIX)], done
     assert 1 <= len(done) < 8
