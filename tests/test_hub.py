@@ -14,8 +14,8 @@ from huggingface_hub import HfApi, ModelCard, SpaceCard
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from med_hf import MEDConfig, MEDModel
-from med_hf.publishing import hub
 from med_hf.evaluation import PROTOCOL, beats_summary, bucket_label
+from med_hf.publishing import hub
 
 REPO_ID = "med-org/medfe-tiny"
 SPACE_ID = "med-org/medfe-tiny-demo"
@@ -155,8 +155,9 @@ def test_model_card_has_metadata(dry_run):
     assert {"inpainting", "medfe"} <= set(card.data.tags)
     assert not card.data.eval_results and "model-index" not in readme.read_text()  # no report given
     assert f'from_pretrained("{REPO_ID}")' in card.text
-    # Only named facts of training_args.json reach the card: no full local path, never a token.
-    assert "bsds500/train" in card.text and "/somewhere" not in card.text and "hf_secret" not in card.text
+    # The training record of training_args.json (med_hf.training.record): no full local path, never a token.
+    assert "- Data: bsds500/train" in card.text and "- Steps: 10" in card.text
+    assert "/somewhere" not in card.text and "hf_secret" not in card.text and "hub_token" not in card.text
 
 
 def test_model_card_has_model_index_of_the_report(sources, tmp_path):
@@ -216,6 +217,27 @@ def test_report_with_several_models_needs_eval_method(sources, tmp_path, capsys)
     card = ModelCard.load(tmp_path / "out" / "model" / "README.md")
     psnr = next(r for r in card.data.eval_results if r.metric_type == "psnr" and "0-10" in r.dataset_name)
     assert psnr.metric_value == pytest.approx(32.0)  # "second"
+
+
+def test_publish_function_writes_what_the_command_writes(dry_run, sources, tmp_path):
+    lines = hub.publish(sources["model"], REPO_ID, space_id=SPACE_ID, space_dir=sources["space"], dry_run=tmp_path)
+    assert lines[:2] == [f"Wrote the {name} repo to {tmp_path / name}" for name in ("model", "space")]
+    assert files_in(tmp_path) == files_in(dry_run)
+    for name in files_in(dry_run):
+        assert (tmp_path / name).read_bytes() == (dry_run / name).read_bytes(), name
+
+
+def test_publish_takes_a_report_already_read(sources, tmp_path):
+    report = make_report(learned=("a", "b"))
+    hub.publish(sources["model"], REPO_ID, evaluation=report, eval_method="b", dry_run=tmp_path)
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    psnr = next(r for r in card.data.eval_results if r.metric_type == "psnr" and "0-10" in r.dataset_name)
+    assert psnr.metric_value == pytest.approx(32.0)  # "b"
+    with pytest.raises(hub.PublishError, match="--eval-method"):
+        hub.publish(sources["model"], REPO_ID, evaluation=report, dry_run=tmp_path / "x")
+    with pytest.raises(hub.PublishError, match="only evaluates classical baselines"):
+        hub.publish(sources["model"], REPO_ID, evaluation=make_report(learned=()), dry_run=tmp_path / "x")
+    assert not (tmp_path / "x").exists()
 
 
 def test_real_space_folder_is_publishable(sources, tmp_path):
@@ -360,6 +382,15 @@ def test_publish_creates_and_uploads_both_repos(sources, hub_api, capsys):
 
     out = capsys.readouterr().out
     assert f"https://huggingface.co/{REPO_ID}" in out and f"https://huggingface.co/spaces/{SPACE_ID}" in out
+
+
+def test_publish_function_uploads_like_the_command(sources, hub_api):
+    lines = hub.publish(sources["model"], REPO_ID, private=True, token="hf_dummy")
+    assert lines == [f"Published https://huggingface.co/{REPO_ID}"]
+    (model_call,) = hub_api["create_repo"].call_args_list
+    assert model_call == mock.call(mock.ANY, REPO_ID, repo_type="model", private=True, exist_ok=True)
+    assert model_call.args[0].token == "hf_dummy"
+    assert hub_api["uploaded"] == {"model": MODEL_FILES}
 
 
 def test_publish_without_space_uploads_only_the_model(sources, hub_api):

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from med_hf import MEDModel
 from med_hf.atomic_files import atomic_folder
 from med_hf.publishing.model_card import write_model_card
+from med_hf.training.record import training_record
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parents[1] / "med_hf" / "default_model"
 DESCRIPTION = (
@@ -31,62 +32,25 @@ DESCRIPTION = (
 )
 
 
-def training_record(run_dir: Path) -> dict[str, str]:
-    """Command, steps, wall time and data of the run, from `training_args.json` and the TensorBoard log.
+# The default model's record names its script, data and machine, which its training_args.json cannot.
+COMMAND = "`training/train_default_model.sh` ({})"
+DATA = (
+    "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
+    "plus generated free-form strokes and boxes"
+)
+MACHINE = "on 2 CPU cores (torch 2.13.0)"
 
-    A run started with `--init_from` a local run folder is a later stage of that run: the stages are listed in
-    order and their steps and hours add up.
-    """
-    stages = _stages(run_dir)
-    record = {
-        "command": "`training/train_default_model.sh` (`training/train.py`, in "
-        f"{len(stages)} stage{'s' if len(stages) > 1 else ''} with the arguments below)",
-    }
-    for number, (_, args) in enumerate(stages, start=1):
-        earlier = stages[number - 2][1] if number > 1 else {}
-        name = "arguments" if len(stages) == 1 else f"stage {number} arguments" + (" (changes)" if earlier else "")
-        record[name] = ", ".join(
-            f"`--{key}`" if value is True else f"`--{key} {value}`"
-            for key, value in args.items()
-            if value not in (None, False) and "dir" not in key and key != "init_from"
-            if not earlier or earlier.get(key) != value
-        )
-    record["data"] = (
-        "BSDS500 train (200 photos); irregular masks of Liu et al. 2018 without the 600 the evaluation uses, "
-        "plus generated free-form strokes and boxes"
-    )
-    record["steps"] = " + ".join(str(args["max_train_steps"]) for _, args in stages)
-    record["batch size"] = " / ".join(sorted({str(args["train_batch_size"]) for _, args in stages}))
-    hours = [_training_hours(folder / args.get("logging_dir", "logs")) for folder, args in stages]
-    if all(hours):
-        record["time"] = f"{sum(hours):.1f} h on 2 CPU cores (torch 2.13.0)"
+
+def default_model_record(run_dir: Path) -> dict[str, str]:
+    """`training_record` of the run, with the wording of the default model's script, data and machine."""
+    record = training_record(run_dir)
+    if record is None:
+        raise FileNotFoundError(f"{run_dir} has no training_args.json: is it an output_dir of training/train.py?")
+    record["command"] = COMMAND.format(record["command"])
+    record["data"] = DATA
+    if "time" in record:
+        record["time"] += f" {MACHINE}"
     return record
-
-
-def _stages(run_dir: Path) -> list[tuple[Path, dict]]:
-    """The run and, before it, the local runs it was initialised from (`--init_from`), oldest first."""
-    stages = []
-    folder: Path | None = run_dir
-    while folder is not None:
-        args = json.loads((folder / "training_args.json").read_text())
-        stages.insert(0, (folder, args))
-        parent = Path(args["init_from"]) if args.get("init_from") else None
-        folder = parent if parent and (parent / "training_args.json").is_file() else None
-    return stages
-
-
-def _training_hours(logging_dir: Path) -> float | None:
-    """Hours the run was actually training: the span of each TensorBoard event file (one per start or resume)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    total = 0.0
-    for event_file in logging_dir.rglob("events.out.tfevents.*"):
-        events = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
-        events.Reload()
-        times = [event.wall_time for tag in events.Tags()["scalars"] for event in events.Scalars(tag)]
-        if times:
-            total += max(times) - min(times)
-    return total / 3600 or None
 
 
 def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
@@ -106,7 +70,7 @@ def export(run_dir: Path, eval_dir: Path, output: Path) -> Path:
             repo_id="med-hf/medfe-default",
             model_name="MEDFE default model (med-hf)",
             description=DESCRIPTION,
-            training=training_record(run_dir),
+            training=default_model_record(run_dir),
             evaluation=report,
         )
     return output

@@ -15,6 +15,13 @@ The generator is a `MEDModel`; two spectral-norm PatchGANs (global on the image,
 provide the relativistic LSGAN loss when `--gan_weight > 0`. Checkpoints are `output_dir/checkpoint-N`
 folders written by `accelerator.save_state`; `--resume_from_checkpoint latest` continues with the same data
 order and random draws, so a killed and resumed run ends with the weights of an uninterrupted one.
+
+Validation runs a fixed set of images through `MEDInpaintPipeline` and scores it with the evaluation's metrics,
+so its numbers measure the code users call. At the end the generator is saved with a model card holding the
+run's training record (`med_hf.training.record`); `--push_to_hub` publishes the folder as `med-publish` does.
+
+`main` reads as the steps of a run: the accelerator, the networks and their optimizers, the data, the loop of
+training steps with its checkpoint and validation hooks, and the finish (save, card, push).
 """
 
 from __future__ import annotations
@@ -26,7 +33,6 @@ import logging
 import os
 import re
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +46,11 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from med_hf import MEDConfig, MEDModel
+from med_hf.atomic_files import _apply_umask_modes as apply_umask_modes
+from med_hf.atomic_files import write_text
 from med_hf.configuration_med import HOLE_PRIORS
-from med_hf.evaluation import protocol_mask_names
+from med_hf.evaluation import PipelineInpainter, keep_known, l1_percent, masked_input, protocol_mask_names, psnr
+from med_hf.publishing.hub import PublishError, check_repo_id, publish
 from med_hf.publishing.model_card import write_model_card
 from med_hf.training.data import (
     SampleTransform,
@@ -62,6 +71,7 @@ from med_hf.training.losses import (
     ssim,
 )
 from med_hf.training.masks import MaskFolder, MaskSampler
+from med_hf.training.record import is_secret, training_record, write_training_arguments
 from med_hf.training.rtv import BORDERS, DEFAULT_BORDER
 
 logger = get_logger(__name__)
@@ -147,9 +157,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_steps", type=int, default=500)
     run.add_argument("--validation_data_dir", help="folder of validation photos (default: first training photos)")
     run.add_argument("--num_validation_images", type=int, default=4)
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id")
-    run.add_argument("--hub_token")
+    run.add_argument("--push_to_hub", action="store_true",
+                     help="publish the trained model as med-publish does (remote code, model card)")  # fmt: skip
+    run.add_argument("--hub_model_id", metavar="ORG/NAME")
+    run.add_argument("--hub_token", help="Hub token with write access (never written to the output folder)")
     run.add_argument("--hub_private_repo", action="store_true")
     args = parser.parse_args(argv)
 
@@ -159,6 +170,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--resolution must be a multiple of 64, got {args.resolution}")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id")
+    if args.hub_model_id:
+        try:  # now, not after hours of training
+            check_repo_id(args.hub_model_id, "--hub_model_id")
+        except PublishError as error:
+            parser.error(str(error))
     return args
 
 
@@ -210,8 +226,9 @@ def checkpoint_folders(output_dir: Path) -> list[Path]:
 def save_checkpoint(accelerator: Accelerator, generator, output_dir: Path, step: int, total_limit: int | None) -> None:
     """`save_state` into a temporary folder renamed when complete, so a kill never leaves a half checkpoint.
 
-    The generator is also written with `save_pretrained` into `checkpoint-N/generator`, so any checkpoint can
-    be evaluated or used with `MEDModel.from_pretrained` as it is.
+    Every process writes its part (`save_state`); the main process adds the generator as a `save_pretrained`
+    folder in `checkpoint-N/generator`, so any checkpoint can be evaluated or used with
+    `MEDModel.from_pretrained` as it is, and gives the files the umask's modes before the rename.
     """
     final = output_dir / f"checkpoint-{step}"
     staging = output_dir / f".checkpoint-{step}.incomplete"
@@ -226,6 +243,8 @@ def save_checkpoint(accelerator: Accelerator, generator, output_dir: Path, step:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(generator).save_pretrained(staging / "generator")
+        # Some writers (safetensors through transformers and Accelerate) leave owner-only files behind.
+        apply_umask_modes(staging)
         shutil.rmtree(final, ignore_errors=True)
         staging.rename(final)
     accelerator.wait_for_everyone()
@@ -246,35 +265,57 @@ def resolve_resume(args: argparse.Namespace, output_dir: Path) -> Path | None:
     return folders[-1]
 
 
-def validation_set(args, transform: SampleTransform, dataset) -> dict[str, torch.Tensor]:
+@dataclass(frozen=True)
+class ValidationImages:
+    """The fixed validation set as the pipeline and the metrics take it: what evaluation gets, not tensors."""
+
+    targets: np.ndarray  # uint8 (N, H, W, 3)
+    holes: np.ndarray  # bool (N, H, W)
+
+
+def validation_set(args, transform: SampleTransform, dataset) -> ValidationImages:
     """A fixed batch (photos, masks) drawn once, so every validation shows the same inputs."""
     if args.validation_data_dir:
         dataset = load_streaming_dataset(None, args.validation_data_dir)
     batches = TrainingBatches(dataset, transform, args.num_validation_images, args.image_column, seed=args.seed + 1)
-    return next(iter(batches))
+    batch = next(iter(batches))
+    # The training tensors are uint8 / 127.5 - 1 (med_hf.training.data), so this gives back the photos' pixels.
+    targets = ((batch["pixel_values"] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return ValidationImages(targets=targets.numpy(), holes=batch["mask"][:, 0].numpy() > 0.5)
 
 
-@torch.no_grad()
-def run_validation(model, batch: dict[str, torch.Tensor], accelerator: Accelerator, step: int) -> dict[str, float]:
-    model.eval()
-    device = accelerator.device
-    image, mask = batch["pixel_values"].to(device), batch["mask"].to(device)
-    output = accelerator.unwrap_model(model)(pixel_values=image, mask=mask).reconstruction
-    composite = output * mask + image * (1 - mask)
-    model.train()
-    mse = ((composite - image) / 2).pow(2).mean(dim=(1, 2, 3))
-    psnr = (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
-    shown = image * (1 - mask) + mask  # hole painted white
-    grid = torch.cat([shown, composite, image], dim=3)  # per row: input, result, target
-    grid = ((grid + 1) / 2).clamp(0, 1).cpu()
+def run_validation(generator, images: ValidationImages, accelerator: Accelerator, step: int) -> dict[str, float]:
+    """Inpaint the validation images with `MEDInpaintPipeline` around the generator, as evaluation does.
+
+    The generator is in eval mode meanwhile. Known pixels are kept (`keep_known`) and the composites scored with
+    the evaluation's `psnr` and `l1_percent` (means over the images); a grid per image goes to the trackers: the
+    input with its hole painted white, the result, the target.
+    """
+    try:
+        inpainter = PipelineInpainter(accelerator.unwrap_model(generator), batch_size=len(images.targets))
+        results = inpainter.batch(masked_input(images.targets, images.holes), images.holes)
+    finally:
+        generator.train()
+    composites = keep_known(images.targets, results, images.holes)
+    log_validation_images(accelerator, images, composites, step)
+    pairs = list(zip(composites, images.targets, strict=True))
+    return {
+        "validation/psnr_composite": float(np.mean([psnr(result, target) for result, target in pairs])),
+        "validation/l1_percent_composite": float(np.mean([l1_percent(result, target) for result, target in pairs])),
+    }
+
+
+def log_validation_images(accelerator: Accelerator, images: ValidationImages, composites: np.ndarray, step: int):
+    shown = np.where(images.holes[..., None], np.uint8(255), images.targets)  # hole painted white
+    grid = np.concatenate([shown, composites, images.targets], axis=2)  # per row: input, result, target
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
-            tracker.writer.add_images("validation/input_result_target", grid, step)
+            pictures = torch.from_numpy(grid).permute(0, 3, 1, 2).float() / 255
+            tracker.writer.add_images("validation/input_result_target", pictures, step)
         elif tracker.name == "wandb":
             import wandb
 
-            tracker.log({"validation": [wandb.Image(g.permute(1, 2, 0).numpy()) for g in grid]}, step=step)
-    return {"validation/psnr_composite": psnr, "validation/l1_composite": (composite - image).abs().mean().item()}
+            tracker.log({"validation": [wandb.Image(picture) for picture in grid]}, step=step)
 
 
 @dataclass
@@ -346,24 +387,31 @@ def generator_losses(args, output, image, mask, discriminators, crop, perceptual
     return terms
 
 
-def write_rank_summary(output_dir: Path, accelerator: Accelerator, generator, fingerprints: list[float]) -> None:
-    """Per-process sanity record: a digest of this rank's generator weights and of the first samples it read.
+@dataclass
+class Networks:
+    """The generator, the discriminators (none without the GAN loss) and the perceptual loss (None without VGG16
+    weights), with the updates of G and D; after `prepare_networks`, as Accelerate wraps them."""
 
-    After a distributed run all ranks must hold identical weights, and each must have read its own data.
-    """
-    digest = hashlib.sha256()
-    for name, tensor in sorted(accelerator.unwrap_model(generator).state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    folder = output_dir / "rank_summaries"
-    folder.mkdir(parents=True, exist_ok=True)
-    summary = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "first_samples": fingerprints}
-    (folder / f"rank-{accelerator.process_index}.json").write_text(json.dumps(summary, indent=2))
+    generator: torch.nn.Module
+    discriminators: list[torch.nn.Module]
+    perceptual: PerceptualStyleLoss | None
+    g_training: Training
+    d_training: Training | None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    output_dir = Path(args.output_dir)
+@dataclass
+class TrainingData:
+    """The sample transform, the whole streamed dataset (validation draws from it) and this process's shard."""
+
+    transform: SampleTransform
+    dataset: object
+    shard: object
+
+
+# --- the steps of a run, in order ------------------------------------------------------------------------
+
+
+def build_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
     report_to = None if args.report_to == "none" else args.report_to
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -377,9 +425,10 @@ def main(argv: list[str] | None = None) -> None:
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-    # The same seed everywhere: every rank builds identical initial weights.
-    set_seed(args.seed)
+    return accelerator
 
+
+def build_generator(args: argparse.Namespace) -> MEDModel:
     overrides = {
         name: value
         for name, value in (("refinement_channels", args.refinement_channels), ("hole_prior", args.hole_prior))
@@ -389,43 +438,55 @@ def main(argv: list[str] | None = None) -> None:
         generator = MEDModel.from_pretrained(args.init_from, **overrides)
     else:
         generator = MEDModel(build_config(args.model_config, **overrides))
-    generator.train()
+    return generator.train()
 
+
+def build_perceptual_loss(args: argparse.Namespace, device: torch.device) -> PerceptualStyleLoss | None:
+    if args.perceptual_weight <= 0 and args.style_weight <= 0:
+        return None
+    if not args.vgg16_weights:
+        logger.warning(
+            "*** PERCEPTUAL AND STYLE LOSSES ARE OFF: no --vgg16_weights given. They need ImageNet VGG16 "
+            "weights, which this script never downloads on its own; pass a local file (e.g. torchvision's "
+            "vgg16-397923af.pth) or a Hub id. ***"
+        )
+        return None
+    return PerceptualStyleLoss(VGG16Features.from_pretrained(args.vgg16_weights)).to(device)
+
+
+def build_training(args: argparse.Namespace, params: list[torch.nn.Parameter], learning_rate: float) -> Training:
+    optimizer = torch.optim.AdamW(
+        params, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay
+    )
+    scheduler = get_scheduler(
+        args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
+    )
+    return Training(params, optimizer, scheduler)
+
+
+def prepare_networks(accelerator: Accelerator, args: argparse.Namespace) -> Networks:
+    """Build G, D and the perceptual loss (in this order: the seeded initial weights depend on it), their
+    optimizers and schedulers, and hand them to Accelerate."""
+    generator = build_generator(args)
     discriminators = [MEDDiscriminator(), MEDDiscriminator()] if args.gan_weight > 0 else []
-    perceptual = None
-    if args.perceptual_weight > 0 or args.style_weight > 0:
-        if args.vgg16_weights:
-            perceptual = PerceptualStyleLoss(VGG16Features.from_pretrained(args.vgg16_weights))
-            perceptual.to(accelerator.device)
-        else:
-            logger.warning(
-                "*** PERCEPTUAL AND STYLE LOSSES ARE OFF: no --vgg16_weights given. They need ImageNet VGG16 "
-                "weights, which this script never downloads on its own; pass a local file (e.g. torchvision's "
-                "vgg16-397923af.pth) or a Hub id. ***"
-            )
-
-    def training_for(params: list[torch.nn.Parameter], learning_rate: float) -> Training:
-        optimizer = torch.optim.AdamW(
-            params, lr=learning_rate, betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay
-        )
-        scheduler = get_scheduler(
-            args.lr_scheduler, optimizer, num_warmup_steps=args.lr_warmup_steps, num_training_steps=args.max_train_steps
-        )
-        return Training(params, optimizer, scheduler)
+    perceptual = build_perceptual_loss(args, accelerator.device)
 
     # Two optimizers (G, D) under one `prepare`; the frozen partial-conv mask kernels are not optimised.
-    g_training = training_for([p for p in generator.parameters() if p.requires_grad], args.learning_rate)
+    g_training = build_training(args, [p for p in generator.parameters() if p.requires_grad], args.learning_rate)
     d_training = None
     if discriminators:
         d_params = [p for d in discriminators for p in d.parameters()]
-        d_training = training_for(d_params, args.discr_learning_rate or args.learning_rate)
+        d_training = build_training(args, d_params, args.discr_learning_rate or args.learning_rate)
     d_objects = [*discriminators, d_training.optimizer, d_training.scheduler] if d_training else []
     generator, g_training.optimizer, g_training.scheduler, *d_objects = accelerator.prepare(
         generator, g_training.optimizer, g_training.scheduler, *d_objects
     )
     if d_training:
         *discriminators, d_training.optimizer, d_training.scheduler = d_objects
+    return Networks(generator, discriminators, perceptual, g_training, d_training)
 
+
+def build_data(args: argparse.Namespace, accelerator: Accelerator) -> TrainingData:
     transform = SampleTransform(
         resolution=args.resolution,
         mask_sampler=build_mask_sampler(args),
@@ -441,17 +502,217 @@ def main(argv: list[str] | None = None) -> None:
     shard = shard_for_process(
         dataset, accelerator.process_index, accelerator.num_processes, args.seed, args.shuffle_buffer_size
     )
+    return TrainingData(transform, dataset, shard)
+
+
+def start_tracking(accelerator: Accelerator, args: argparse.Namespace, output_dir: Path) -> None:
+    """Open the trackers and write `training_args.json` (main process; neither ever holds the Hub token)."""
+    arguments = {name: value for name, value in vars(args).items() if not is_secret(name)}
+    tracker_config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in arguments.items()}
+    accelerator.init_trackers("med-train", config=tracker_config)
+    write_training_arguments(output_dir, arguments, num_processes=accelerator.num_processes)
+
+
+def training_step(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    networks: Networks,
+    batches,
+    step: int,
+    fingerprints: list[float],
+) -> tuple[dict[str, float], int]:
+    """One optimisation step: `--gradient_accumulation_steps` batches, each through D's update (GAN on) and G's.
+
+    Returns the losses summed over the batches, and the number of images all processes used.
+    """
+    generator, discriminators = networks.generator, networks.discriminators
+    step_logs: dict[str, float] = {}
+    images_seen = 0
+    for _ in range(args.gradient_accumulation_steps):
+        batch = next(batches)
+        if len(fingerprints) < 16:
+            fingerprints += [round(v, 6) for v in batch["pixel_values"].mean(dim=(1, 2, 3)).tolist()]
+        image = batch["pixel_values"].to(accelerator.device)
+        mask = batch["mask"].to(accelerator.device)
+        structure = batch.get("structure")
+        structure = structure.to(accelerator.device) if structure is not None else None
+        with accelerator.accumulate(generator, *discriminators):
+            with accelerator.autocast():
+                output = generator(pixel_values=image, mask=mask, labels=image, structure_labels=structure)
+            fake = output.reconstruction
+            crop = local_crop(args.seed, step, args.resolution)
+            if discriminators:
+                d_loss = discriminator_step(accelerator, args, discriminators, networks.d_training, image, fake, crop)
+                step_logs["loss/discriminator"] = d_loss.item()
+            with accelerator.autocast():
+                terms = generator_losses(args, output, image, mask, discriminators, crop, networks.perceptual)
+                g_loss = sum(terms.values())
+            apply_gradients(accelerator, g_loss, networks.g_training, args.max_grad_norm)
+        images_seen += image.shape[0] * accelerator.num_processes
+        for name, value in terms.items():
+            step_logs[f"loss/{name}"] = step_logs.get(f"loss/{name}", 0.0) + value.item()
+        step_logs["loss/generator"] = step_logs.get("loss/generator", 0.0) + g_loss.item()
+    return step_logs, images_seen
+
+
+class TrainingLog:
+    """The progress bar, and every `--logging_steps` the losses averaged over the steps since the last log, the
+    learning rate and the images per second."""
+
+    def __init__(self, accelerator: Accelerator, args: argparse.Namespace, first_step: int):
+        self.accelerator = accelerator
+        self.args = args
+        self.progress = tqdm(
+            total=args.max_train_steps, initial=first_step, desc="steps", disable=not accelerator.is_main_process
+        )
+        self._restart()
+
+    def _restart(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.started, self.images_seen, self.window = time.perf_counter(), 0, 0
+
+    def step_done(self, step: int, step_logs: dict[str, float], images_seen: int, learning_rate: float) -> None:
+        self.images_seen += images_seen
+        self.window += 1
+        self.progress.update(1)
+        for name, value in step_logs.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value / self.args.gradient_accumulation_steps
+        if step % self.args.logging_steps == 0 or step == self.args.max_train_steps:
+            elapsed = time.perf_counter() - self.started
+            logs = {name: value / self.window for name, value in self.sums.items()}
+            logs["lr"] = learning_rate
+            logs["images_per_second"] = self.images_seen / elapsed
+            self.accelerator.log(logs, step=step)
+            self.progress.set_postfix(loss=f"{logs['loss/generator']:.4f}", ips=f"{logs['images_per_second']:.2f}")
+            self._restart()
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def after_step(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    networks: Networks,
+    step: int,
+    validation: ValidationImages | None,
+    output_dir: Path,
+) -> None:
+    """The hooks of a finished step: a checkpoint every `--checkpointing_steps`, a validation every
+    `--validation_steps` and at the last step."""
+    if step % args.checkpointing_steps == 0:
+        save_checkpoint(accelerator, networks.generator, output_dir, step, args.checkpoints_total_limit)
+    if accelerator.is_main_process and (step % args.validation_steps == 0 or step == args.max_train_steps):
+        accelerator.log(run_validation(networks.generator, validation, accelerator, step), step=step)
+
+
+def train(
+    accelerator: Accelerator,
+    args: argparse.Namespace,
+    networks: Networks,
+    batches,
+    state: TrainState,
+    validation: ValidationImages | None,
+    output_dir: Path,
+) -> list[float]:
+    """The training loop, from `state.global_step` to `--max_train_steps`; returns this rank's sample fingerprints
+    (the mean pixel value of the first samples it read)."""
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    accelerator.print(
+        f"training {sum(p.numel() for p in networks.g_training.params):,} generator parameters, batch {total_batch} "
+        f"({args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
+        f"accumulation), steps {state.global_step} -> {args.max_train_steps}"
+    )
+    log = TrainingLog(accelerator, args, state.global_step)
+    fingerprints: list[float] = []
+    while state.global_step < args.max_train_steps:
+        step_logs, images_seen = training_step(accelerator, args, networks, batches, state.global_step, fingerprints)
+        state.global_step += 1
+        log.step_done(state.global_step, step_logs, images_seen, networks.g_training.scheduler.get_last_lr()[0])
+        after_step(accelerator, args, networks, state.global_step, validation, output_dir)
+    log.close()
+    return fingerprints
+
+
+def write_rank_summary(output_dir: Path, accelerator: Accelerator, generator, fingerprints: list[float]) -> None:
+    """Per-process sanity record: a digest of this rank's generator weights and of the first samples it read.
+
+    After a distributed run all ranks must hold identical weights, and each must have read its own data.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(accelerator.unwrap_model(generator).state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    folder = output_dir / "rank_summaries"
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = {"rank": accelerator.process_index, "weights_sha256": digest.hexdigest(), "first_samples": fingerprints}
+    write_text(folder / f"rank-{accelerator.process_index}.json", json.dumps(summary, indent=2))
+
+
+def save_final_model(model: MEDModel, output_dir: Path) -> None:
+    """`save_pretrained` into a staging folder, given the umask's modes, and moved into `output_dir` file by file,
+    the weights last: `output_dir/model.safetensors` appears complete, and only once the model is."""
+    staging = output_dir / ".final-model.incomplete"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    apply_umask_modes(staging)
+    for path in sorted(staging.iterdir(), key=lambda p: (p.suffix == ".safetensors", p.name)):
+        os.replace(path, output_dir / path.name)
+    staging.rmdir()
+
+
+def push_to_hub(args: argparse.Namespace, output_dir: Path) -> None:
+    """Publish `output_dir` as `--hub_model_id` through med-publish's code: remote code, checked weights, card."""
+    try:
+        lines = publish(output_dir, args.hub_model_id, private=args.hub_private_repo, token=args.hub_token)
+    except Exception:
+        logger.error(
+            "the push to the Hub failed; the model is saved in %s, publish it with: med-publish --model %s "
+            "--repo-id %s",
+            output_dir,
+            output_dir,
+            args.hub_model_id,
+        )
+        raise
+    for line in lines:
+        logger.info(line)
+
+
+def finish(
+    accelerator: Accelerator, args: argparse.Namespace, generator, fingerprints: list[float], output_dir: Path
+) -> None:
+    """Rank summaries, the final model with its card (the run's training record), and the push to the Hub."""
+    accelerator.wait_for_everyone()
+    write_rank_summary(output_dir, accelerator, generator, fingerprints)
+    if accelerator.is_main_process:
+        save_final_model(accelerator.unwrap_model(generator), output_dir)
+    # Closes the trackers: the TensorBoard log is complete when the training record reads its hours.
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        write_model_card(output_dir, repo_id=args.hub_model_id or "path/to/model", training=training_record(output_dir))
+        if args.push_to_hub:
+            push_to_hub(args, output_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = build_accelerator(args, output_dir)
+    # The same seed everywhere: every rank builds identical initial weights.
+    set_seed(args.seed)
+    networks = prepare_networks(accelerator, args)
+    data = build_data(args, accelerator)
+
     state = TrainState(position=StreamPosition())
     accelerator.register_for_checkpointing(state)
-
     resume = resolve_resume(args, output_dir)
     if resume is not None:
         accelerator.print(f"resuming from {resume}")
         accelerator.load_state(str(resume))
     batches = iter(
         TrainingBatches(
-            shard,
-            transform,
+            data.shard,
+            data.transform,
             args.train_batch_size,
             args.image_column,
             args.seed,
@@ -459,102 +720,12 @@ def main(argv: list[str] | None = None) -> None:
             state.position,
         )
     )
-    validation = validation_set(args, transform, dataset) if accelerator.is_main_process else None
-
+    validation = validation_set(args, data.transform, data.dataset) if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        tracker_config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in vars(args).items()}
-        accelerator.init_trackers("med-train", config=tracker_config)
-        (output_dir / "training_args.json").write_text(json.dumps(vars(args), indent=2, default=str))
+        start_tracking(accelerator, args, output_dir)
 
-    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
-    accelerator.print(
-        f"training {sum(p.numel() for p in g_training.params):,} generator parameters, batch {total_batch} "
-        f"({args.train_batch_size} x {accelerator.num_processes} processes x {args.gradient_accumulation_steps} "
-        f"accumulation), steps {state.global_step} -> {args.max_train_steps}"
-    )
-    progress = tqdm(
-        total=args.max_train_steps, initial=state.global_step, desc="steps", disable=not accelerator.is_main_process
-    )
-    started, images_seen, window = time.perf_counter(), 0, 0
-    fingerprints: list[float] = []  # mean pixel value of the first samples this rank reads
-    logs: dict[str, float] = {}
-    while state.global_step < args.max_train_steps:
-        step_logs: dict[str, float] = {}
-        for _ in range(args.gradient_accumulation_steps):
-            batch = next(batches)
-            if len(fingerprints) < 16:
-                fingerprints += [round(v, 6) for v in batch["pixel_values"].mean(dim=(1, 2, 3)).tolist()]
-            image = batch["pixel_values"].to(accelerator.device)
-            mask = batch["mask"].to(accelerator.device)
-            structure = batch.get("structure")
-            structure = structure.to(accelerator.device) if structure is not None else None
-            with accelerator.accumulate(generator, *discriminators):
-                with accelerator.autocast():
-                    output = generator(pixel_values=image, mask=mask, labels=image, structure_labels=structure)
-                fake = output.reconstruction
-                crop = local_crop(args.seed, state.global_step, args.resolution)
-                if discriminators:
-                    d_loss = discriminator_step(accelerator, args, discriminators, d_training, image, fake, crop)
-                    step_logs["loss/discriminator"] = d_loss.item()
-                with accelerator.autocast():
-                    terms = generator_losses(args, output, image, mask, discriminators, crop, perceptual)
-                    g_loss = sum(terms.values())
-                apply_gradients(accelerator, g_loss, g_training, args.max_grad_norm)
-            images_seen += image.shape[0] * accelerator.num_processes
-            for name, value in terms.items():
-                step_logs[f"loss/{name}"] = step_logs.get(f"loss/{name}", 0.0) + value.item()
-            step_logs["loss/generator"] = step_logs.get("loss/generator", 0.0) + g_loss.item()
-
-        state.global_step += 1
-        window += 1
-        progress.update(1)
-        for name, value in step_logs.items():
-            logs[name] = logs.get(name, 0.0) + value / args.gradient_accumulation_steps
-        if state.global_step % args.logging_steps == 0 or state.global_step == args.max_train_steps:
-            elapsed = time.perf_counter() - started
-            logs = {name: value / window for name, value in logs.items()}
-            logs["lr"] = g_training.scheduler.get_last_lr()[0]
-            logs["images_per_second"] = images_seen / elapsed
-            accelerator.log(logs, step=state.global_step)
-            progress.set_postfix(loss=f"{logs['loss/generator']:.4f}", ips=f"{logs['images_per_second']:.2f}")
-            logs, started, images_seen, window = {}, time.perf_counter(), 0, 0
-        if state.global_step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, generator, output_dir, state.global_step, args.checkpoints_total_limit)
-        if accelerator.is_main_process and (
-            state.global_step % args.validation_steps == 0 or state.global_step == args.max_train_steps
-        ):
-            accelerator.log(
-                run_validation(generator, validation, accelerator, state.global_step), step=state.global_step
-            )
-    progress.close()
-
-    accelerator.wait_for_everyone()
-    write_rank_summary(output_dir, accelerator, generator, fingerprints)
-    if accelerator.is_main_process:
-        final = accelerator.unwrap_model(generator)
-        final.save_pretrained(output_dir)
-        write_model_card(
-            output_dir,
-            training={
-                "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-                "steps": state.global_step,
-                "batch_size": total_batch,
-                "resolution": args.resolution,
-                "data": args.dataset_name or Path(args.train_data_dir).name,
-            },
-        )
-        if args.push_to_hub:
-            from huggingface_hub import HfApi
-
-            api = HfApi(token=args.hub_token)
-            api.create_repo(args.hub_model_id, private=args.hub_private_repo, exist_ok=True)
-            api.upload_folder(
-                repo_id=args.hub_model_id,
-                folder_path=output_dir,
-                ignore_patterns=["checkpoint-*", ".checkpoint-*", "logs/*"],
-                commit_message=f"MEDFE after {state.global_step} steps",
-            )
-    accelerator.end_training()
+    fingerprints = train(accelerator, args, networks, batches, state, validation, output_dir)
+    finish(accelerator, args, networks.generator, fingerprints, output_dir)
 
 
 if __name__ == "__main__":

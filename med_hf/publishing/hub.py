@@ -10,7 +10,8 @@ The model repo is flat, so that it loads with `MEDModel.from_pretrained(repo)`,
     config.json                      the model's config, with `auto_map` pointing at the files below
     model.safetensors                the weights (or model.safetensors.index.json and its shards)
     configuration_med.py, modeling_med.py, image_processing_med.py, pipeline_med.py
-    README.md                        model card: licence, pipeline tag, tags, `model-index` from an evaluation report
+    README.md                        model card: licence, pipeline tag, tags, the training record (from the
+                                     folder's training_args.json), `model-index` from an evaluation report
 
 It has no `model_index.json` on purpose: with one, `MEDInpaintPipeline.from_pretrained(repo)` would go through
 diffusers' custom-pipeline loading and demand `trust_remote_code=True`.
@@ -18,6 +19,9 @@ diffusers' custom-pipeline loading and demand `trust_remote_code=True`.
 The Space repo is the project's `space/` folder (app.py, requirements.txt, README.md, ...) with the README's
 front matter pointing at the model (`models: [ORG/NAME]`). The app loads the model named by the `MED_MODEL`
 environment variable, which is set as a variable of the Space.
+
+From Python, `publish(folder, repo_id, ...)` does the same; `training/train.py --push_to_hub` publishes its
+output folder through it.
 
 `--dry-run OUT` writes the two repos to `OUT/model` and `OUT/space` and uploads nothing. Both are assembled in a
 staging folder first and renamed into place, so a failure never leaves a half-written repo behind.
@@ -47,6 +51,7 @@ except ImportError:  # huggingface_hub 1.x
     from httpx import HTTPError
 
 from ..configuration_med import MEDConfig
+from ..training.record import training_record
 from .model_card import ORIGINAL_WEIGHTS_LICENSE, eval_results, render_model_card
 
 # The model's own source files, shipped as remote code, are the top level of the package.
@@ -199,6 +204,11 @@ def load_eval_report(path: str | os.PathLike, method: str | None = None) -> dict
         report = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise PublishError(f"evaluation report {path} is not valid JSON: {error}") from None
+    return check_eval_report(report, method, path)
+
+
+def check_eval_report(report: Any, method: str | None = None, path: str | os.PathLike = "the report") -> dict[str, Any]:
+    """`load_eval_report` for a report already read (`path` names it in errors)."""
     if not isinstance(report, dict) or not isinstance(report.get("methods"), dict):
         raise PublishError(f"{path} is not a report of training/evaluate.py: it has no 'methods'")
     if missing := [key for key in REPORT_KEYS if key not in report]:
@@ -220,7 +230,7 @@ def _kind(entry: Any) -> str | None:
     return entry.get("kind") if isinstance(entry, Mapping) else None
 
 
-def _check_report_renders(report: dict[str, Any], path: Path) -> None:
+def _check_report_renders(report: dict[str, Any], path: str | os.PathLike) -> None:
     """Fail now, in one line, rather than in the middle of rendering the card."""
     try:
         from ..evaluation import markdown_table
@@ -233,34 +243,6 @@ def _check_report_renders(report: dict[str, Any], path: Path) -> None:
         markdown_table(report)
     except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
         raise PublishError(f"{path} does not have the layout of a training/evaluate.py report ({error!r})") from None
-
-
-def training_summary(folder: Path) -> dict[str, Any] | None:
-    """A few facts of `training_args.json` (left by training/train.py) for the card's Training section.
-
-    Only named fields are read: the file also holds local paths and possibly a Hub token.
-    """
-    try:
-        args = json.loads((folder / "training_args.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(args, dict):
-        return None
-    # A data folder's last two names ("bsds500/train") say what it is without revealing the machine's layout.
-    folder_name = "/".join(Path(args["train_data_dir"]).parts[-2:]) if args.get("train_data_dir") else None
-    data = args.get("dataset_name") or folder_name
-    batch = args.get("train_batch_size")
-    if batch is not None:
-        batch *= args.get("gradient_accumulation_steps") or 1
-    summary = {
-        "data": data,
-        "preset": args.get("model_config"),
-        "resolution": args.get("resolution"),
-        "max_train_steps": args.get("max_train_steps"),
-        "batch_size": batch,
-        "learning_rate": args.get("learning_rate"),
-    }
-    return {key: value for key, value in summary.items() if value is not None} or None
 
 
 def check_space_source(space_dir: str | os.PathLike) -> Path:
@@ -307,7 +289,8 @@ def build_model_repo(
         source.med_config,
         repo_id=repo_id,
         evaluation=evaluation,
-        training=training_summary(source.folder),
+        # Read from the folder's training_args.json (left by training/train.py): no secret, no local path.
+        training=training_record(source.folder),
         weights_license=weights_license,
     )
     (target / "README.md").write_text(str(card), encoding="utf-8")
@@ -492,31 +475,83 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> list[str]:
-    """Validate every input, then write the dry run or upload; returns lines to print."""
-    repo_id = check_repo_id(args.repo_id)
-    space_id = check_repo_id(args.space_id, "--space-id") if args.space_id else None
-    if args.eval_method and not args.eval_report:
-        raise PublishError("--eval-method needs --eval-report")
-    source = load_model_source(args.model)
-    evaluation = load_eval_report(args.eval_report, args.eval_method) if args.eval_report else None
-    space_dir = check_space_source(args.space_dir) if space_id else None
-    build = {"repo_id": repo_id, "evaluation": evaluation, "weights_license": args.license}
+def publish(
+    model: str | os.PathLike,
+    repo_id: str,
+    *,
+    space_id: str | None = None,
+    space_dir: str | os.PathLike = DEFAULT_SPACE_DIR,
+    evaluation: str | os.PathLike | Mapping[str, Any] | None = None,
+    eval_method: str | None = None,
+    weights_license: str = ORIGINAL_WEIGHTS_LICENSE,
+    private: bool = False,
+    token: str | None = None,
+    dry_run: str | os.PathLike | None = None,
+) -> list[str]:
+    """Publish the `MEDModel` saved in `model` as `repo_id` (and its demo Space as `space_id`): what
+    `med-publish` does, and what `training/train.py --push_to_hub` calls.
 
-    if args.dry_run is not None:
-        written = write_dry_run(args.dry_run, source, space_dir=space_dir, **build)
+    Every input is validated first (repo ids, the model folder and its weights, the evaluation report, the Space
+    sources), then the repos are built in a staging folder (see the module docstring for the layout; the model
+    card's Training section comes from the folder's `training_args.json`) and uploaded, or written to
+    `dry_run/model` (and `dry_run/space`) without uploading anything.
+
+    Args:
+        evaluation: a report.json of training/evaluate.py (a path, or the report itself) for the model card.
+        eval_method: the published model's name in a report that evaluates several models.
+        weights_license: Hub licence id of the weights.
+        private: create the repos as private.
+        token: Hub token with write access (default: $HF_TOKEN or the cached login).
+
+    Returns:
+        Lines for the user: the URLs published, or the folders written.
+
+    Raises:
+        PublishError: an input is not valid (nothing was written or uploaded).
+        OSError, HTTPError: writing failed, or the Hub refused or could not be reached.
+    """
+    repo_id = check_repo_id(repo_id)
+    space_id = check_repo_id(space_id, "--space-id") if space_id else None
+    if eval_method and evaluation is None:
+        raise PublishError("--eval-method needs --eval-report")
+    source = load_model_source(model)
+    if isinstance(evaluation, Mapping):
+        evaluation = check_eval_report(dict(evaluation), eval_method)
+    elif evaluation is not None:
+        evaluation = load_eval_report(evaluation, eval_method)
+    space_dir = check_space_source(space_dir) if space_id else None
+    build = {"repo_id": repo_id, "evaluation": evaluation, "weights_license": weights_license}
+
+    if dry_run is not None:
+        written = write_dry_run(Path(dry_run), source, space_dir=space_dir, **build)
         lines = [f"Wrote the {name} repo to {path}" for name, path in written.items()]
         if space_dir is not None:
-            model, space = written["model"].resolve(), written["space"].resolve()
-            lines.append(f"Try the Space: cd {space} && {SPACE_MODEL_VARIABLE}={model} python app.py")
+            model_path, space_path = written["model"].resolve(), written["space"].resolve()
+            lines.append(f"Try the Space: cd {space_path} && {SPACE_MODEL_VARIABLE}={model_path} python app.py")
         return lines
 
     with staged_repos(source, space_dir=space_dir, link_weights=True, **build) as folders:
-        urls = upload(folders, repo_id=repo_id, space_id=space_id, private=args.private, token=args.token)
+        urls = upload(folders, repo_id=repo_id, space_id=space_id, private=private, token=token)
     lines = [f"Published {url}" for url in urls]
-    if space_id and args.private:
+    if space_id and private:
         lines.append(f"note: the Space needs an HF_TOKEN secret that can read the private model {repo_id}")
     return lines
+
+
+def run(args: argparse.Namespace) -> list[str]:
+    """`publish` with the options of the command line."""
+    return publish(
+        args.model,
+        args.repo_id,
+        space_id=args.space_id,
+        space_dir=args.space_dir,
+        evaluation=args.eval_report,
+        eval_method=args.eval_method,
+        weights_license=args.license,
+        private=args.private,
+        token=args.token,
+        dry_run=args.dry_run,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,11 @@ def render_model_card(
     evaluation: Mapping[str, Any] | None = None,
     weights_license: str = ORIGINAL_WEIGHTS_LICENSE,
 ) -> ModelCard:
-    """A `ModelCard` with metadata (licence, pipeline tag, tags, `model-index` when `evaluation` is a report)."""
+    """A `ModelCard` with metadata (licence, pipeline tag, tags, `model-index` when `evaluation` is a report).
+
+    `training` fills the Training section, one line per entry: the run's record
+    (`med_hf.training.record.training_record`), which holds no secret and no local path.
+    """
     card_data = ModelCardData(
         license=weights_license,
         library_name="transformers",
