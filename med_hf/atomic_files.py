@@ -111,7 +111,7 @@ def atomic_folder(path: str | os.PathLike, replace: bool = False) -> Iterator[Pa
     staging = _create(path, lambda name: os.mkdir(name, 0o777))
     try:
         yield staging
-        _apply_umask_modes(staging)
+        apply_umask_modes(staging)
         old = None
         if path.exists():
             old = partial_name(path)
@@ -143,7 +143,7 @@ def current_umask() -> int:
     return mask
 
 
-def _apply_umask_modes(folder: Path) -> None:
+def apply_umask_modes(folder: Path) -> None:
     """Give `folder` and everything in it the modes a new file or folder gets under the current umask."""
     umask = current_umask()
     for root, _, files in os.walk(folder):
@@ -156,8 +156,9 @@ def _apply_umask_modes(folder: Path) -> None:
 
 
 __all__ = [
-    "current_umask",
     "PARTIAL_SUFFIX",
+    "apply_umask_modes",
+    "current_umask",
     "atomic_file",
     "atomic_folder",
     "partial_name",

@@ -46,8 +46,7 @@ from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
 from med_hf import MEDConfig, MEDModel
-from med_hf.atomic_files import _apply_umask_modes as apply_umask_modes
-from med_hf.atomic_files import write_text
+from med_hf.atomic_files import apply_umask_modes, write_text
 from med_hf.configuration_med import HOLE_PRIORS
 from med_hf.evaluation import PipelineInpainter, keep_known, l1_percent, masked_input, protocol_mask_names, psnr
 from med_hf.publishing.hub import PublishError, check_repo_id, publish
