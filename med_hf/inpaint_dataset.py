@@ -718,6 +718,7 @@ def prepare_output_dir(output_dir: Path, record: dict, source: SourceDataset) ->
                 "its own settings to resume, or choose a new --output-dir"
             )
         remove_partial_files(output_dir)
+        (output_dir / DATA_DIR).mkdir(exist_ok=True)
         return
     if output_dir.is_dir() and any(output_dir.iterdir()):
         raise UserError(f"--output-dir {output_dir} is not empty and holds no earlier run of {PROG}")
