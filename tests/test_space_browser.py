@@ -1,4 +1,5 @@
-"""The Gradio Space driven by a real Chromium: upload a photo, paint a stroke, inpaint, check the result.
+"""The Gradio Space driven by a real Chromium: upload a photo, paint a stroke, inpaint, check the result; and a
+photo too large to upload, which must end in a message, not in a spinner that never stops.
 
 Needs Debian's Chromium (`.ci/install_browser.sh` installs it; `CHROMIUM` overrides its path) and the playwright
 Python package; Playwright's own browser download is not used.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import socket
 import time
 from pathlib import Path
@@ -35,6 +37,12 @@ STROKE = ((0.3 * WIDTH, 0.35 * HEIGHT), (0.7 * WIDTH, 0.65 * HEIGHT))
 # The brush's footprint is Gradio's choice ("auto" size): changes may reach this far from the stroke's centre line.
 BAND = 0.2 * min(WIDTH, HEIGHT)
 TIMEOUT_MS = 60_000
+# The message for a refused photo comes back in about a second; this leaves room for a loaded machine, while a
+# spinner that never stops (the bug) still fails fast.
+MESSAGE_TIMEOUT_MS = 15_000
+# The upload limit of the second server: the photo's PNG (about 370 KB as the editor sends it) is over it, the
+# brush layer (a few KB) is not.
+SMALL_UPLOAD_LIMIT = "32kb"
 
 
 def free_port() -> int:
@@ -44,14 +52,30 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(space_app):
+def pipe():
     from med_hf import MEDConfig, MEDInpaintPipeline, MEDModel
 
-    app = space_app
     torch.manual_seed(0)
-    pipe = MEDInpaintPipeline(model=MEDModel(MEDConfig.from_preset("tiny", image_size=256)).eval())
-    demo = app.build_demo(pipe)
-    app.launch(demo, server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    return MEDInpaintPipeline(model=MEDModel(MEDConfig.from_preset("tiny", image_size=256)).eval())
+
+
+def serve(app, pipe, **launch_options):
+    demo = app.build_demo(pipe, examples=False)
+    app.launch(demo, server_port=free_port(), prevent_thread_lock=True, quiet=True, **launch_options)
+    return demo
+
+
+@pytest.fixture(scope="module")
+def server(space_app, pipe):
+    demo = serve(space_app, pipe)
+    yield demo
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def small_upload_server(space_app, pipe):
+    """The app with a small upload limit, so that an ordinary small photo is too large to upload."""
+    demo = serve(space_app, pipe, max_file_size=SMALL_UPLOAD_LIMIT)
     yield demo
     demo.close()
 
@@ -148,28 +172,38 @@ def paint_stroke(page, canvas, placement: tuple[float, float, float], segments: 
     page.mouse.up()
 
 
+def open_app(browser, url: str):
+    """A new page with the app loaded and its editor ready; returns (page, the editor's canvas)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#inpaint-button").wait_for(state="visible")
+    page.wait_for_load_state("networkidle")
+    canvas = page.locator("#image-editor canvas").first
+    canvas.wait_for(state="visible")
+    return page, canvas
+
+
+def upload_and_paint(page, canvas, path: Path) -> None:
+    placement = upload(page, canvas, path)
+    before = screenshot(canvas)
+    paint_stroke(page, canvas, placement)
+    wait_for(lambda: (np.abs(screenshot(canvas) - before).sum(-1) > 60).sum() > 200, 10, "the stroke to show")
+
+
 def test_paint_and_inpaint_in_the_browser(browser, server, photo, tmp_path):
     # `browser` comes first: without Chromium the test is skipped before the server starts.
     pixels, path = photo
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(TIMEOUT_MS)
+    page, canvas = open_app(browser, server.local_url)
     try:
-        page.goto(server.local_url)
-        page.locator("#inpaint-button").wait_for(state="visible")
-        page.wait_for_load_state("networkidle")
-        canvas = page.locator("#image-editor canvas").first
-        canvas.wait_for(state="visible")
-        placement = upload(page, canvas, path)
-        before = screenshot(canvas)
-
-        paint_stroke(page, canvas, placement)
-        wait_for(lambda: (np.abs(screenshot(canvas) - before).sum(-1) > 60).sum() > 200, 10, "the stroke to show")
+        upload_and_paint(page, canvas, path)
         page.locator("#inpaint-button").click()
         image = page.locator("#result img")
         image.wait_for(state="visible")
         response = page.request.get(image.get_attribute("src"))
         assert response.ok, response.status
         body = response.body()
+        assert page.locator("#status").inner_text().strip() == ""
         page.screenshot(path=str(tmp_path / "app.png"))
     finally:
         page.close()
@@ -183,3 +217,53 @@ def test_paint_and_inpaint_in_the_browser(browser, server, photo, tmp_path):
     assert far.mean() > 0.5
     assert not changed[far].any(), f"{changed[far].sum()} pixels far from the stroke changed"
     assert changed[distance <= 2].mean() > 0.9, "the stroke's centre line was not inpainted"
+
+
+def fake_proxy(route, request) -> None:
+    """A proxy in front of the app with a lower limit than the app's: uploads above 4 KB get HTTP 413."""
+    if len(request.post_data_buffer or b"") > 4096:
+        route.fulfill(status=413, body="Request Entity Too Large")
+    else:
+        route.continue_()
+
+
+@pytest.mark.parametrize("refused_by", ["the-page", "a-proxy"])
+def test_too_large_upload_ends_in_a_message(request, browser, photo, tmp_path, refused_by):
+    """Gradio's editor uploads the photo when Inpaint is pressed; an upload the server refused (HTTP 413) used to
+    leave the spinner turning forever.
+
+    "the-page": the app's upload limit is below the photo's PNG; the page's guard sees it before sending and
+    sends a note instead. The user painted a stroke first, so the editor exports and uploads its canvas.
+    "a-proxy": a proxy answers 413 to the upload; the guard then sends the note. The user pressed Inpaint right
+    after the upload (the editor uploads the file itself), and must learn that it is too large, not that nothing
+    is painted. Either way the app answers with a message and the event ends.
+    """
+    expect = pytest.importorskip("playwright.sync_api").expect
+    server = request.getfixturevalue("small_upload_server" if refused_by == "the-page" else "server")
+    _, path = photo
+    page, canvas = open_app(browser, server.local_url)
+    statuses, page_errors = [], []
+    page.on("response", lambda response: "/gradio_api/upload" in response.url and statuses.append(response.status))
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    try:
+        if refused_by == "a-proxy":
+            page.route("**/gradio_api/upload*", fake_proxy)
+        placement = upload(page, canvas, path)
+        if refused_by == "the-page":
+            paint_stroke(page, canvas, placement, segments=1)  # where exactly does not matter here
+        page.locator("#inpaint-button").click()
+
+        status = page.locator("#status")
+        expect(status).to_contain_text("This photo is too large for this Space", timeout=MESSAGE_TIMEOUT_MS)
+        expect(status).to_contain_text(f"/ {WIDTH} x {HEIGHT} px")
+        limit = "the limit is 32.0 KB per upload" if refused_by == "the-page" else "the server refused to receive it"
+        expect(status).to_contain_text(limit)
+        # The event has ended: the result's loading indicator is gone, and no "Error" badge shows instead.
+        expect(page.locator("#result [data-testid=status-tracker]").first).to_have_class(re.compile(r"\bhide\b"))
+        expect(page.locator("#result")).not_to_contain_text("Error")
+        expect(page.locator("#result img")).to_have_count(0)
+        page.screenshot(path=str(tmp_path / "too-large.png"))
+    finally:
+        page.close()
+    assert (413 in statuses) == (refused_by == "a-proxy"), statuses
+    assert not page_errors, page_errors
