@@ -7,7 +7,7 @@
 The result is a Parquet dataset: every original column kept, plus the inpainted photo (PNG, lossless) in an
 `inpainted` image column; `load_dataset(output_dir)` opens it. Rows are cut into fixed shards of
 `--rows-per-shard` input rows; each finished shard is one Parquet file, written atomically and named after the rows
-it holds, so a rerun of the same command after a crash, Ctrl-C or SIGKILL only does the shards that are missing,
+it holds, so a rerun of the same command after a crash, Ctrl-C, SIGTERM or SIGKILL only does the missing shards,
 and the dataset ends up exactly as an uninterrupted run would have made it, whatever the number of processes.
 
 Several processes (GPUs, or CPU processes with gloo) share the shards; all must see the same `--output-dir`:
@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -40,7 +42,6 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .atomic_files import PARTIAL_SUFFIX, atomic_file, write_text
-from .image_processing_med import DEFAULT_MAX_PIXELS, ImageTooLargeError, check_image_size
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -64,6 +65,9 @@ ROW_GROUP_SIZE = 100
 # A process that finished its shards waits at the final barrier while the slowest one works.
 BARRIER_TIMEOUT = timedelta(days=7)
 PROGRESS_INTERVAL_S = 0.5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+RESUME_HINT = "finished shards are kept, rerun the same command to resume"
 
 logger = logging.getLogger(PROG)
 
@@ -80,6 +84,8 @@ class RowError(Exception):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from .image_processing_med import DEFAULT_MAX_PIXELS  # (imports torch: inside main, where Ctrl-C is one line)
+
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Inpaint every row of a 🤗 dataset with MEDFE into a Parquet dataset (resumable, multi-process).",
@@ -270,6 +276,8 @@ def input_signature(path: Path | None) -> str | None:
 
 def decode_image(value: Any, kind: str, root: Path, what: str, max_pixels: int) -> Image.Image:
     """A row's photo or mask as a decoded, upright PIL image; any problem is a `RowError` naming it."""
+    from .image_processing_med import ImageTooLargeError, check_image_size
+
     if value is None:
         raise RowError(f"missing {what}")
     if kind == "image":
@@ -1106,23 +1114,46 @@ def summary(output_dir: Path, split: str, before: dict, totals: Totals, elapsed:
     )
 
 
+class Terminated(BaseException):
+    """SIGTERM (a launcher stopping its processes, a scheduler's time limit), raised like Ctrl-C so that the shard
+    being written is cleaned up on the way out."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    state = init_processes()
-    configure_logging(state, args.quiet)
+    state = None
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
+        # torch and accelerate load from here on, where Ctrl-C and SIGTERM are answered in one line.
+        args = parse_args(argv)
+        state = init_processes()
+        configure_logging(state, args.quiet)
         return run(args, state)
     except UserError as error:
-        if state.is_main_process:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+        _tell(state, f"error: {error}")
         return 1
     except KeyboardInterrupt:
-        if state.is_main_process:
-            print(f"{PROG}: interrupted; finished shards are kept, rerun the same command to resume", file=sys.stderr)
-        return 130
+        _tell(state, f"interrupted; {RESUME_HINT}")
+        return EXIT_INTERRUPTED
+    except Terminated:
+        _tell(state, f"terminated; {RESUME_HINT}")
+        return EXIT_TERMINATED
     finally:
-        if state.num_processes > 1:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if state is not None and state.num_processes > 1:
             state.destroy_process_group()
+
+
+def _tell(state: PartialState | None, message: str) -> None:
+    """One line on stderr, from the main process only (every process meets the same problem)."""
+    is_main = state.is_main_process if state is not None else os.environ.get("RANK", "0") == "0"
+    if is_main:
+        print(f"{PROG}: {message}", file=sys.stderr)
 
 
 def _one_line(error: BaseException) -> str:

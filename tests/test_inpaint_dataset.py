@@ -246,23 +246,35 @@ def test_resume_after_sigkill_gives_the_same_dataset(reference, photos, model_di
     assert dataset_files(output) == dataset_files(reference)
 
 
-def test_ctrl_c_exits_130_keeping_only_finished_shards_and_a_rerun_completes(
-    reference, photos, model_dir, cache_dir, tmp_path, monkeypatch, capsys
+def press_ctrl_c() -> None:
+    raise KeyboardInterrupt
+
+
+def send_sigterm() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)  # the handler raises before this ends
+
+
+@pytest.mark.parametrize(
+    ("stop", "status", "word"), [(press_ctrl_c, 130, "interrupted"), (send_sigterm, 143, "terminated")]
+)
+def test_ctrl_c_or_sigterm_exits_keeping_only_finished_shards_and_a_rerun_completes(
+    stop, status, word, reference, photos, model_dir, cache_dir, tmp_path, monkeypatch, capsys
 ):
     output = tmp_path / "out"
     call, calls = MEDInpaintPipeline.__call__, []
 
     @functools.wraps(call)
-    def interrupted_on_third_call(self, *args, **kwargs):
+    def stopped_on_third_call(self, *args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt
+            stop()
         return call(self, *args, **kwargs)
 
-    monkeypatch.setattr(MEDInpaintPipeline, "__call__", interrupted_on_third_call)
-    assert tool.main(job(photos, output, model_dir, cache_dir)) == 130
+    monkeypatch.setattr(MEDInpaintPipeline, "__call__", stopped_on_third_call)
+    assert tool.main(job(photos, output, model_dir, cache_dir)) == status
     error = capsys.readouterr().err
-    assert "interrupted; finished shards are kept" in error and "Traceback" not in error
+    assert error == f"med-inpaint-dataset: {word}; finished shards are kept, rerun the same command to resume\n"
     assert sorted(p.name for p in (output / "data").iterdir()) == [  # nothing half-written, no hidden leftovers
         "train-00000-000000000-000000002.parquet",
         "train-00000-000000002-000000004.parquet",
