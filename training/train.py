@@ -63,11 +63,11 @@ from med_hf.training.discriminator import MEDDiscriminator
 from med_hf.training.losses import (
     PerceptualStyleLoss,
     VGG16Features,
+    differentiable_ssim,
     hole_area_weights,
     reconstruction_loss,
     relativistic_discriminator_loss,
     relativistic_generator_loss,
-    ssim,
 )
 from med_hf.training.masks import MaskFolder, MaskSampler
 from med_hf.training.record import is_secret, training_record, write_training_arguments
@@ -382,7 +382,9 @@ def generator_losses(args, output, image, mask, discriminators, crop, perceptual
         terms["perceptual"] = args.perceptual_weight * perceptual_loss
         terms["style"] = args.style_weight * style_loss
     if args.ssim_weight:
-        terms["ssim"] = args.ssim_weight * (1 - ssim(fake * mask + image * (1 - mask), image, sample_weights=weights))
+        terms["ssim"] = args.ssim_weight * (
+            1 - differentiable_ssim(fake * mask + image * (1 - mask), image, sample_weights=weights)
+        )
     return terms
 
 

@@ -104,7 +104,7 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+def _unit_batch(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 255.0
 
@@ -112,7 +112,7 @@ def _to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
 @torch.inference_mode()
 def fid_features(extractor: torch.nn.Module, images: np.ndarray) -> np.ndarray:
     """Features (N, D) of uint8 RGB images (N, H, W, 3); the extractor takes (N, 3, 299, 299) in [0, 1]."""
-    x = _to_tensor(images, _module_device(extractor))
+    x = _unit_batch(images, _module_device(extractor))
     # Bilinear resizing to 299 is what pytorch-fid's Inception wrapper does with 256x256 inputs.
     x = torch.nn.functional.interpolate(x, size=(FID_IMAGE_SIZE, FID_IMAGE_SIZE), mode="bilinear")
     features = extractor(x)
@@ -123,7 +123,7 @@ def fid_features(extractor: torch.nn.Module, images: np.ndarray) -> np.ndarray:
 def lpips_distances(lpips_model: torch.nn.Module, results: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Per-image LPIPS distances (N,) of uint8 RGB images, fed to the network in [-1, 1]."""
     device = _module_device(lpips_model)
-    distances = lpips_model(_to_tensor(results, device) * 2 - 1, _to_tensor(targets, device) * 2 - 1)
+    distances = lpips_model(_unit_batch(results, device) * 2 - 1, _unit_batch(targets, device) * 2 - 1)
     if distances.numel() != len(results):
         raise ValueError(f"LPIPS model returned {distances.numel()} values for {len(results)} image pairs.")
     return distances.reshape(-1).double().cpu().numpy()

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..atomic_files import atomic_file
 from .masks import MaskSampler
 from .rtv import BORDERS, DEFAULT_BORDER, structure_image
 
@@ -93,9 +94,8 @@ class StructureCache:
         else:
             structure = structure_image(image, border=self.border)
             if path is not None:
-                temporary = path.with_suffix(".tmp.png")
-                structure.save(temporary)
-                temporary.replace(path)
+                with atomic_file(path) as handle:
+                    structure.save(handle, format="PNG")
         if len(self._memory) < self.max_items:
             self._memory[key] = structure
         return structure
@@ -129,15 +129,15 @@ class SampleTransform:
         box = (left, top, left + self.resolution, top + self.resolution)
         flip = self.random_flip and rng.random() < 0.5
 
-        sample = {"pixel_values": _to_tensor(photo.crop(box), flip)}
+        sample = {"pixel_values": _pixel_values(photo.crop(box), flip)}
         if self.structure_cache is not None:
-            sample["structure"] = _to_tensor(self.structure_cache(photo).crop(box), flip)
+            sample["structure"] = _pixel_values(self.structure_cache(photo).crop(box), flip)
         mask = self.mask_sampler.sample(self.resolution, self.resolution, rng)
         sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask))[None]
         return sample
 
 
-def _to_tensor(image: Image.Image, flip: bool) -> torch.Tensor:
+def _pixel_values(image: Image.Image, flip: bool) -> torch.Tensor:
     """uint8 HWC PIL image -> float32 (3, H, W) in [-1, 1]."""
     array = np.asarray(image, dtype=np.float32)
     if flip:

@@ -61,7 +61,7 @@ def _weighted_mean(values: torch.Tensor, sample_weights: torch.Tensor | None) ->
     return (values.flatten(1).mean(dim=1) * sample_weights).mean()
 
 
-def ssim(
+def differentiable_ssim(
     prediction: torch.Tensor, target: torch.Tensor, window: int = 7, sample_weights: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Mean SSIM with the conventions of `skimage.metrics.structural_similarity` (the evaluation metric).
