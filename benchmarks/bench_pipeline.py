@@ -8,7 +8,8 @@ Prints, all measured in this run on this machine with the full-size network (`ME
 (a) the median time of one 256x256 batch-1 forward of the model, after a warm-up run;
 (b) the median time of `pipe(image=photo, mask_image=mask)` with the default `hd_strategy="auto"` on a
     2048x1536 photo (scikit-image's astronaut scaled up) with one blob-shaped object mask covering ~3 % of it,
-    after a warm-up call; then the ratio (b) / (a), target <= 2. The runs of (a) and (b) alternate, so that
+    after a warm-up call, with `texture="none"` (the texture stage's cost is `bench_texture.py`'s); then the
+    ratio (b) / (a), target <= 2. The runs of (a) and (b) alternate, so that
     a change in the machine's load affects both alike;
 (c) the peak RSS (`VmHWM`, see `peak_rss`) of a fresh Python process that loads the full model with
     `from_pretrained` from a folder written here and inpaints a 4000x3000 photo with a small blob mask (1 %,
@@ -143,7 +144,7 @@ def time_forward_and_pipeline(model: MEDModel, runs: int) -> None:
             model(pixel_values=pixel_values, mask=hole)
 
     def inpaint() -> None:
-        pipe(image=image, mask_image=mask)
+        pipe(image=image, mask_image=mask, texture="none")
 
     forward()  # warm-up
     shapes.clear()
@@ -162,7 +163,8 @@ def time_forward_and_pipeline(model: MEDModel, runs: int) -> None:
         f"(runs: {', '.join(f'{t:.3f}' for t in forward_times)})"
     )
     print(
-        f"(b) pipe, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo, blob mask {coverage:.1%}, hd_strategy='auto': "
+        f"(b) pipe, {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} photo, blob mask {coverage:.1%}, hd_strategy='auto', "
+        "texture='none': "
         f"median {pipeline_median:.3f} s (runs: {', '.join(f'{t:.3f}' for t in pipeline_times)}); "
         f"network inputs {pipeline_shapes}"
     )

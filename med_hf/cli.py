@@ -64,6 +64,7 @@ class Job:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from .image_processing_med import DEFAULT_MAX_PIXELS
+    from .patchmatch import DEFAULT_GUIDANCE_WEIGHT, DEFAULT_PATCH_SIZE, DEFAULT_TEXTURE, TEXTURES
 
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -83,6 +84,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--mask-dilation", type=_at_least(0), default=0, help="grow the mask by this many pixels")
     parser.add_argument(
         "--mask-blur", type=_at_least(0, float), default=0, help="feather the seam (changes pixels near the mask)"
+    )
+    parser.add_argument(
+        "--texture",
+        default=DEFAULT_TEXTURE,
+        choices=TEXTURES,
+        help="exemplar: re-synthesise the hole from the photo's own patches, steered by the network; "
+        "none: the network's smooth fill",
+    )
+    parser.add_argument(
+        "--texture-patch-size", type=_odd_at_least_3, default=DEFAULT_PATCH_SIZE, help="patch side of the texture"
+    )
+    parser.add_argument(
+        "--texture-guidance",
+        type=_at_least(0, float),
+        default=DEFAULT_GUIDANCE_WEIGHT,
+        help="how strongly patches follow the network's structure (0 = only their neighbours)",
+    )
+    parser.add_argument(
+        "--seed", type=_at_least(0), default=0, help="seed of the texture stage (same seed, same pixels)"
     )
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     parser.add_argument("--max-pixels", type=_at_least(1), default=DEFAULT_MAX_PIXELS, help="refuse larger photos")
@@ -107,6 +127,14 @@ def _at_least(low: int, kind: type = int):
         return value
 
     return parse
+
+
+def _odd_at_least_3(text: str) -> int:
+    """An argparse type for patch sides: odd, so that a patch has a centre pixel."""
+    value = _at_least(3)(text)
+    if value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"must be odd, got {text}")
+    return value
 
 
 class _Terminated(BaseException):
@@ -347,9 +375,11 @@ def _no_loading_bars() -> Iterator[None]:
 
 
 def _inpaint_file(pipe, job: Job, args: argparse.Namespace) -> list[str]:
+    """Inpaint one photo and write its result; returns notes on what changed beyond the hole."""
+    import torch
+
     from .image_processing_med import load_image, read_icc_profile
 
-    """Inpaint one photo and write its result; returns notes on what changed beyond the hole."""
     image = load_image(job.image, max_pixels=args.max_pixels)
     mask = load_image(job.mask, max_pixels=args.max_pixels)
     image_size, mask_size = _size(image), _size(mask)
@@ -366,6 +396,10 @@ def _inpaint_file(pipe, job: Job, args: argparse.Namespace) -> list[str]:
         mask_blur=args.mask_blur,
         hd_strategy=args.hd_strategy,
         hd_strategy_crop_margin=args.hd_crop_margin,
+        texture=args.texture,
+        texture_patch_size=args.texture_patch_size,
+        texture_guidance=args.texture_guidance,
+        generator=torch.Generator().manual_seed(args.seed),
         max_pixels=args.max_pixels,
         output_type="input",
     )

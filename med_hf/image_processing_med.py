@@ -600,35 +600,41 @@ def _hole_region(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
 
 
 def mask_crop_boxes(
-    mask: np.ndarray, margin: int = DEFAULT_CROP_MARGIN, min_size: int = DEFAULT_WORKING_SIZE
+    mask: np.ndarray,
+    margin: int = DEFAULT_CROP_MARGIN,
+    min_size: int = DEFAULT_WORKING_SIZE,
+    relative_margin: float = 0.0,
 ) -> list[CropBox]:
     """Boxes to inpaint a large photo crop by crop, one around each group of nearby holes.
 
-    Each connected hole region (8-connected) gets its bounding box grown by `margin` pixels of context.
-    Boxes are clipped to the image, boxes that overlap or touch are merged, and each box is grown around its
-    centre to a square with sides of at least `min_size`, as far as the image allows. Every hole pixel, and
-    every pixel within `margin` of it (per axis), lies in exactly one box, so `margin` should be at least the
-    `blur` later given to `composite`.
+    Each connected hole region (8-connected) gets its bounding box grown by `margin` pixels of context (or by
+    `relative_margin` times the box's longer side, if more). Boxes are clipped to the image, boxes that overlap
+    or touch are merged, and each box is grown around its centre to a square with sides of at least `min_size`,
+    as far as the image allows. Every hole pixel, and every pixel within `margin` of it (per axis), lies in
+    exactly one box, so `margin` should be at least the `blur` later given to `composite`.
 
     Args:
         mask: bool (H, W), True on holes.
         margin: context in pixels around each hole region.
         min_size: smallest box side, normally the network's working size.
+        relative_margin: context as a fraction of each region's longer side, where that is more than `margin`.
 
     Returns:
         list of non-overlapping `CropBox`, sorted; empty without holes.
     """
     height, width = mask.shape
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
-    boxes = [
-        CropBox(
-            max(cols.start - margin, 0),
-            max(rows.start - margin, 0),
-            min(cols.stop + margin, width),
-            min(rows.stop + margin, height),
+    boxes = []
+    for rows, cols in ndimage.find_objects(labels):
+        grow = max(margin, math.ceil(relative_margin * max(rows.stop - rows.start, cols.stop - cols.start)))
+        boxes.append(
+            CropBox(
+                max(cols.start - grow, 0),
+                max(rows.start - grow, 0),
+                min(cols.stop + grow, width),
+                min(rows.stop + grow, height),
+            )
         )
-        for rows, cols in ndimage.find_objects(labels)
-    ]
     # Growing can make boxes touch again, and merging can make them oblong again: repeat until stable.
     while True:
         boxes = _merge_touching(boxes)
@@ -734,6 +740,8 @@ def resize_mask(
         bool (height, width).
     """
     height, width = mask.shape
+    if (width, height) == tuple(size):
+        return mask.copy()  # PIL returns an image of its own size unfiltered: every pixel is made of itself
     grown = mask.astype(np.uint8)
     for axis, (old, new) in enumerate(((height, size[1]), (width, size[0]))):
         # PIL reads `support * max(scale, 1)` source pixels either side of a target pixel's centre; one more
@@ -944,6 +952,12 @@ class MEDImageProcessor:
     def crop_boxes(self, mask: np.ndarray, margin: int = DEFAULT_CROP_MARGIN) -> list[CropBox]:
         """See `mask_crop_boxes`."""
         return mask_crop_boxes(mask, margin=margin, min_size=self.working_size)
+
+    def texture_regions(self, mask: np.ndarray, margin: int, relative_margin: float) -> list[CropBox]:
+        """Boxes around each group of nearby holes of `mask` for the texture stage, with the context its patches
+        come from (`mask_crop_boxes` without a minimum size): distant holes are synthesised separately instead of
+        in one box spanning them all."""
+        return mask_crop_boxes(mask, margin=margin, min_size=0, relative_margin=relative_margin)
 
     def tiles(
         self, mask: np.ndarray, strategy: Literal["crop", "resize", "original"], crop_margin: int = DEFAULT_CROP_MARGIN

@@ -20,9 +20,19 @@ from .image_processing_med import (
     NormalizedImage,
 )
 from .modeling_med import DEFAULT_MODEL_DIR, SIZE_MULTIPLE, MEDModel
+from .patchmatch import (
+    DEFAULT_GUIDANCE_WEIGHT,
+    DEFAULT_PATCH_SIZE,
+    DEFAULT_TEXTURE,
+    MARGIN_FRACTION,
+    MIN_MARGIN_PATCHES,
+    TEXTURES,
+    exemplar_fill,
+)
 
 HDStrategy = Literal["auto", "crop", "resize", "original"]
 HD_STRATEGIES = ("auto", "crop", "resize", "original")
+Texture = Literal["exemplar", "none"]
 # "original" runs the network on the whole photo; beyond this many pixels its activations outgrow a laptop.
 ORIGINAL_MAX_PIXELS = 1024 * 1024
 
@@ -49,6 +59,14 @@ class _ImageJob:
     hole: np.ndarray
     tiles: list[NetworkTile]
     result: np.ndarray
+    generator: torch.Generator | None
+
+
+@dataclass(frozen=True)
+class _TextureOptions:
+    texture: Texture
+    patch_size: int
+    guidance: float
 
 
 class MEDInpaintPipeline(DiffusionPipeline):
@@ -115,6 +133,9 @@ class MEDInpaintPipeline(DiffusionPipeline):
         hd_strategy: HDStrategy = "auto",
         hd_strategy_crop_margin: int = DEFAULT_CROP_MARGIN,
         hd_strategy_crop_trigger_size: int = 800,
+        texture: Texture = DEFAULT_TEXTURE,
+        texture_patch_size: int = DEFAULT_PATCH_SIZE,
+        texture_guidance: float = DEFAULT_GUIDANCE_WEIGHT,
         batch_size: int = 8,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         output_type: Literal["pil", "np", "pt", "input"] = "pil",
@@ -137,13 +158,22 @@ class MEDInpaintPipeline(DiffusionPipeline):
             hd_strategy (`str`, defaults to `"auto"`): `"auto"`, `"crop"`, `"resize"` or `"original"` (see class).
             hd_strategy_crop_margin (`int`, defaults to 128): context in pixels around each masked region.
             hd_strategy_crop_trigger_size (`int`, defaults to 800): longest side above which `"auto"` crops.
+            texture (`str`, defaults to `"exemplar"`): `"exemplar"` re-synthesises the hole at the photo's full
+                resolution from patches of its own known pixels, steered by the network's prediction
+                (`med_hf.patchmatch.exemplar_fill`), so the fill carries the photo's texture; `"none"` returns
+                the network's smooth prediction, upscaled to the photo.
+            texture_patch_size (`int`, defaults to 7): side of the patches, odd.
+            texture_guidance (`float`, defaults to `med_hf.patchmatch.DEFAULT_GUIDANCE_WEIGHT`): how strongly
+                patches must agree with the network's structure (0 = only with their neighbours).
             batch_size (`int`, defaults to 8): most network inputs per forward pass.
             max_pixels (`int`, *optional*, defaults to 64,000,000): larger images are refused before they are
                 decoded (`ImageTooLargeError`); `None` for no limit.
             output_type (`str`, defaults to `"pil"`): `"pil"` (the input's mode family), `"np"` (float32 HWC in
                 [0, 1]), `"pt"` (float32 CHW in [0, 1]) or `"input"` (the input's own type, dtype and layout).
             return_dict (`bool`, defaults to `True`): return a [`MEDInpaintPipelineOutput`] instead of a tuple.
-            generator: accepted for API compatibility; the network is deterministic.
+            generator (`torch.Generator` or a list of one per image, *optional*): seeds the texture stage's random
+                choices; the same seed gives the same pixels. Without one, a generator seeded with 0 is used, so
+                results are reproducible by default. The network itself is deterministic.
 
         Returns:
             [`MEDInpaintPipelineOutput`] whose `images` holds one result per input image, or `(images,)`.
@@ -158,19 +188,26 @@ class MEDInpaintPipeline(DiffusionPipeline):
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if texture not in TEXTURES:
+            raise ValueError(f"texture must be one of {', '.join(TEXTURES)}; got {texture!r}")
+        if texture_patch_size < 3 or texture_patch_size % 2 == 0:
+            raise ValueError(f"texture_patch_size must be an odd number >= 3, got {texture_patch_size}")
+        if not texture_guidance >= 0:  # also refuses NaN
+            raise ValueError(f"texture_guidance must be >= 0, got {texture_guidance}")
         images, masks = _as_list(image), _as_list(mask_image)
         if len(images) != len(masks):
             raise ValueError(f"got {len(images)} images but {len(masks)} masks")
+        generators = _per_image(generator, len(images))
 
         processor = self.image_processor
         jobs = []
-        for item, mask_item in zip(images, masks, strict=True):
+        for item, mask_item, item_generator in zip(images, masks, generators, strict=True):
             normalized = processor.preprocess(item, max_pixels=max_pixels)
             hole = processor.preprocess_mask(mask_item, normalized, dilation=mask_dilation, max_pixels=max_pixels)
             strategy = self._resolve_strategy(hd_strategy, normalized, hd_strategy_crop_trigger_size)
             tiles = processor.tiles(hole, strategy, hd_strategy_crop_margin)
-            jobs.append(_ImageJob(normalized, hole, tiles, normalized.pixels.copy()))
-        self._fill(jobs, mask_blur, batch_size)
+            jobs.append(_ImageJob(normalized, hole, tiles, normalized.pixels.copy(), item_generator))
+        self._fill(jobs, mask_blur, batch_size, _TextureOptions(texture, texture_patch_size, texture_guidance))
 
         results = [processor.postprocess(job.result, job.image, output_type) for job in jobs]
         filled = [int(job.hole.sum()) for job in jobs]
@@ -190,8 +227,9 @@ class MEDInpaintPipeline(DiffusionPipeline):
             )
         return strategy
 
-    def _fill(self, jobs: list[_ImageJob], blur: float, batch_size: int) -> None:
-        """Run every tile of every job through the network and composite the predictions into `job.result`.
+    def _fill(self, jobs: list[_ImageJob], blur: float, batch_size: int, texture: _TextureOptions) -> None:
+        """Run every tile of every job through the network (and the texture stage) and composite the fills into
+        `job.result`.
 
         Tiles of equal network size share forward passes, whichever image they come from.
         """
@@ -207,11 +245,48 @@ class MEDInpaintPipeline(DiffusionPipeline):
                     inputs = [processor.tile_input(job.image.rgb, job.hole, tile) for job, tile in chunk]
                     predictions = self.predict(np.stack([i[0] for i in inputs]), np.stack([i[1] for i in inputs]))
                     for (job, tile), prediction in zip(chunk, predictions, strict=True):
+                        fill = processor.tile_output(prediction, tile)
+                        if texture.texture == "exemplar":
+                            fill = self._synthesise_texture(job, tile, fill, texture)
                         rows, cols = tile.box.slices
-                        job.result[rows, cols] = processor.composite(
-                            job.image, processor.tile_output(prediction, tile), job.hole, blur, tile.box
-                        )
+                        job.result[rows, cols] = processor.composite(job.image, fill, job.hole, blur, tile.box)
                         progress.update()
+
+    def _synthesise_texture(
+        self, job: _ImageJob, tile: NetworkTile, guide: np.ndarray, options: _TextureOptions
+    ) -> np.ndarray:
+        """`guide` with the tile's hole re-synthesised at full resolution from the tile's known pixels.
+
+        Each group of nearby holes is synthesised in its own box with the context its patches come from, so two
+        distant holes do not make one box spanning the photo. Only known pixels reach the texture stage
+        (`known_pixels` erases the hole), and its sources are known patches, so the fill still depends on the
+        known pixels and the mask alone.
+        """
+        tile_rows, tile_cols = tile.box.slices
+        hole = job.hole[tile_rows, tile_cols]
+        known = self.image_processor.known_pixels(job.image, job.hole, tile.box)
+        fill = guide.copy()
+        regions = self.image_processor.texture_regions(
+            hole, margin=MIN_MARGIN_PATCHES * options.patch_size, relative_margin=MARGIN_FRACTION
+        )
+
+        def as_batch(array: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)[None].to(self.device)
+
+        for region in regions:
+            rows, cols = region.slices
+            filled = exemplar_fill(
+                as_batch(known[rows, cols]),
+                as_batch(hole[rows, cols, None]),
+                as_batch(guide[rows, cols]),
+                patch_size=options.patch_size,
+                guidance_weight=options.guidance,
+                generator=job.generator,
+            )
+            synthesised = filled[0].permute(1, 2, 0).float().cpu().numpy()
+            fill[rows, cols] = np.where(hole[rows, cols, None], synthesised, fill[rows, cols])
+        # Outside the hole the fill stays the network's prediction, which `mask_blur` feathers into the photo.
+        return fill
 
     def predict(self, rgb: np.ndarray, hole: np.ndarray) -> np.ndarray:
         """Run the network: float RGB (B, h, w, 3) in [0, 1] and bool holes (B, h, w) -> float (B, h, w, 3) in [0, 1].
@@ -232,6 +307,18 @@ class MEDInpaintPipeline(DiffusionPipeline):
                 "nothing was written"
             )
         return ((reconstruction + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _per_image(generator: torch.Generator | list[torch.Generator] | None, count: int) -> list:
+    """One generator per image: a list as given (checked), a single generator shared in image order, or fresh
+    generators seeded with 0."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != count:
+            raise ValueError(f"got {len(generator)} generators for {count} images; pass one per image, or one")
+        return list(generator)
+    if generator is None:
+        return [torch.Generator().manual_seed(0) for _ in range(count)]
+    return [generator] * count
 
 
 def _as_list(value) -> list:
@@ -263,4 +350,4 @@ def _has_model_index(path_or_repo: str | os.PathLike, kwargs: dict) -> bool:
     return True
 
 
-__all__ = ["HD_STRATEGIES", "MEDInpaintPipeline", "MEDInpaintPipelineOutput"]
+__all__ = ["DEFAULT_TEXTURE", "HD_STRATEGIES", "TEXTURES", "MEDInpaintPipeline", "MEDInpaintPipelineOutput"]

@@ -25,7 +25,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from med_hf.atomic_files import atomic_file
 from med_hf.image_processing_med import ImageTooLargeError
+from med_hf.patchmatch import DEFAULT_TEXTURE, TEXTURES
 from med_hf.pipeline_med import HD_STRATEGIES, MEDInpaintPipeline
 
 TITLE = "MEDFE inpainting"
@@ -57,6 +59,8 @@ CSS = """
 """
 # Brush strokes are exported with the brush's opacity as their alpha; a see-through brush shows what it covers.
 BRUSH = gr.Brush(colors=[("#ff2d7a", 0.6)], color_mode="fixed", default_size="auto")
+# The Space's names of the pipeline's texture modes.
+TEXTURE_LABELS = {"exemplar": "Texture from the photo", "none": "Smooth"}
 
 LOGGER = logging.getLogger("med_hf.space")
 
@@ -348,6 +352,7 @@ def inpaint(
     hd_strategy: str = "auto",
     mask_dilation: int = 0,
     mask_blur: float = 0,
+    texture: str = DEFAULT_TEXTURE,
     *,
     pipeline: PipelineSource = default_pipeline,
     max_pixels: int | None = MAX_PIXELS,
@@ -359,6 +364,7 @@ def inpaint(
         hd_strategy: `"auto"`, `"crop"`, `"resize"` or `"original"` (see `MEDInpaintPipeline`).
         mask_dilation: grow the painted area by this many pixels first.
         mask_blur: feather the seam over this many pixels (then pixels next to the area change too).
+        texture: `"exemplar"` (texture from the photo's own pixels) or `"none"` (the network's smooth fill).
         pipeline: the pipeline, or a function returning it (called on each request, so it may load lazily).
         max_pixels: larger photos are refused, `None` for no limit.
 
@@ -386,6 +392,7 @@ def inpaint(
             mask_dilation=dilation,
             mask_blur=blur,
             hd_strategy=hd_strategy,
+            texture=texture,
             max_pixels=max_pixels,
             output_type="pil",
         ).images[0]
@@ -408,6 +415,7 @@ def respond(
     hd_strategy: str = "auto",
     mask_dilation: int = 0,
     mask_blur: float = 0,
+    texture: str = DEFAULT_TEXTURE,
     *,
     pipeline: PipelineSource = default_pipeline,
     max_pixels: int | None = MAX_PIXELS,
@@ -419,7 +427,7 @@ def respond(
     """
     try:
         result, comparison = inpaint(
-            editor_value, hd_strategy, mask_dilation, mask_blur, pipeline=pipeline, max_pixels=max_pixels
+            editor_value, hd_strategy, mask_dilation, mask_blur, texture, pipeline=pipeline, max_pixels=max_pixels
         )
     except UserError as err:
         LOGGER.warning("Inpaint refused: %s: %s", err.title, " ".join(str(err.message).split()))
@@ -451,10 +459,8 @@ def prepare_examples(folder: Path = EXAMPLES_DIR) -> list[str]:
     for name in EXAMPLE_PHOTOS:
         path = folder / f"{name}.png"
         if not path.is_file():
-            # Written under a temporary name first, so that another process starting now never reads half a file.
-            partial = path.with_name(f".{name}.{os.getpid()}.png")
-            Image.fromarray(getattr(data, name)()).save(partial)
-            partial.replace(path)
+            with atomic_file(path) as handle:
+                Image.fromarray(getattr(data, name)()).save(handle, format="PNG")
         paths.append(str(path))
     return paths
 
@@ -568,14 +574,16 @@ def build_demo(
     """
 
     def run(
-        editor_value: EditorValue | None, hd_strategy: str, mask_dilation: int, mask_blur: float
+        editor_value: EditorValue | None, hd_strategy: str, mask_dilation: int, mask_blur: float, texture: str
     ) -> tuple[Image.Image | None, tuple[Image.Image, Image.Image] | None, str]:
         """Fill the painted area of the photo; returns the result, the (photo, result) pair and a message.
 
         The message is empty on success; otherwise it says what is wrong (no photo, nothing painted, photo too
         large, settings rejected) and the two images are empty.
         """
-        return respond(editor_value, hd_strategy, mask_dilation, mask_blur, pipeline=pipeline, max_pixels=max_pixels)
+        return respond(
+            editor_value, hd_strategy, mask_dilation, mask_blur, texture, pipeline=pipeline, max_pixels=max_pixels
+        )
 
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\n{DESCRIPTION}")
@@ -591,6 +599,14 @@ def build_demo(
                     transforms=(),
                     sources=("upload", "clipboard"),
                     elem_id="image-editor",
+                )
+                texture = gr.Radio(
+                    [(TEXTURE_LABELS[mode], mode) for mode in TEXTURES],
+                    value=DEFAULT_TEXTURE,
+                    label="Fill",
+                    info="Texture: the hole is rebuilt from patches of the photo itself, following the network's "
+                    "structure and colours. Smooth: the network's own fill, softer.",
+                    elem_id="texture",
                 )
                 with gr.Accordion("Advanced settings", open=False):
                     hd_strategy = gr.Radio(
@@ -625,7 +641,7 @@ def build_demo(
             gr.Examples(prepare_examples(), inputs=[editor], label="Example photos", cache_examples=False)
         button.click(
             run,
-            inputs=[editor, hd_strategy, dilation, blur],
+            inputs=[editor, hd_strategy, dilation, blur, texture],
             outputs=[result, comparison, status],
             api_name="inpaint",
             preprocess=False,

@@ -423,7 +423,7 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     for metric in ("fid", "lpips"):
         assert report["perceptual"][metric]["computed"] is False
         assert "TorchScript" in report["perceptual"][metric]["reason"]
-    assert report["beats"]["baselines"] == ["telea", "ns", "harmonic"]
+    assert report["beats"]["baselines"] == ["telea", "ns", "harmonic", "patchmatch"]
     assert report["beats"]["methods"]["grey"]["beats_all"] is False
     assert set(report["texture"]["methods"]) == {"grey", "batched_grey"}
     json.dumps(report, allow_nan=False)
@@ -450,6 +450,7 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     assert table[0].startswith(
         "| hole ratio | Telea PSNR | Telea SSIM | Telea L1 % | Telea HF | Telea SWD | Navier-Stokes PSNR | NS SSIM "
         "| NS L1 % | NS HF | NS SWD | Harmonic PSNR | Harmonic SSIM | Harmonic L1 % | Harmonic HF | Harmonic SWD "
+        "| PatchMatch PSNR | PatchMatch SSIM | PatchMatch L1 % | PatchMatch HF | PatchMatch SWD "
         "| grey PSNR | grey SSIM | grey L1 % | grey HF | grey SWD |"
     )
     assert table[2].startswith("| 0-10 %  | ") and len(table) == 4
@@ -570,7 +571,11 @@ def test_pipeline_inpainter_runs_the_pipeline_users_call_in_batches(tiny_model):
     assert calls == [2, 2, 1]
     assert results.dtype == np.uint8 and results.shape == images.shape
     np.testing.assert_array_equal(results[:, ~holes[0]], images[:, ~holes[0]])
-    expected = pipe(image=list(images), mask_image=list(holes), batch_size=2, output_type="np").images
+    # Image k of the run is seeded with seed + k (the default seed is 0).
+    generators = [torch.Generator().manual_seed(k) for k in range(5)]
+    expected = pipe(
+        image=list(images), mask_image=list(holes), batch_size=2, output_type="np", generator=generators
+    ).images
     np.testing.assert_array_equal(results, np.stack([np.rint(e * 255).astype(np.uint8) for e in expected]))
 
 

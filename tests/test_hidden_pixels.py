@@ -1,7 +1,8 @@
 """The fill never depends on what the mask hides: the output is a function of the known pixels and the mask.
 
 The same photo with the pixels under the (dilated) mask replaced by noise, by black and by the original gives
-bit-identical results, for every strategy, size, mode, batch and mask option, through the pipeline and the CLI.
+bit-identical results, for every strategy, size, mode, batch, mask option and texture mode, through the pipeline,
+the CLI and the Space.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scipy import ndimage
 
 from med_hf import MEDConfig, MEDModel
 from med_hf.cli import main
+from med_hf.patchmatch import TEXTURES
 from med_hf.pipeline_med import MEDInpaintPipeline
 
 HIDINGS = ("noise", "black", "original")
@@ -81,31 +83,39 @@ def assert_independent_of_hidden_pixels(pipe, pixels, mode, hole, **options) -> 
     assert not np.array_equal(results[0][grown], pixels[grown]), "nothing was filled"
 
 
+@pytest.mark.parametrize("texture", TEXTURES)
 @pytest.mark.parametrize("strategy", ["auto", "crop", "resize", "original"])
 @pytest.mark.parametrize(
     ("size", "mode"), [((301, 187), "RGB"), ((97, 203), "RGBA"), ((150, 100), "L"), ((120, 90), "I;16")]
 )
-def test_every_strategy_size_and_mode(pipe, strategy, size, mode):
+def test_every_strategy_size_and_mode(pipe, strategy, size, mode, texture):
     pixels, hole = photo_pixels(*size, mode), hole_mask(*size)
-    assert_independent_of_hidden_pixels(pipe, pixels, mode, hole, hd_strategy=strategy)
+    assert_independent_of_hidden_pixels(pipe, pixels, mode, hole, hd_strategy=strategy, texture=texture)
 
 
+@pytest.mark.parametrize("texture", TEXTURES)
 @pytest.mark.parametrize("strategy", ["auto", "crop", "resize", "original"])
-def test_mask_dilation_and_blur(pipe, strategy):
+def test_mask_dilation_and_blur(pipe, strategy, texture):
     size = (211, 157)
     pixels, hole = photo_pixels(*size, "RGB"), hole_mask(*size)
-    assert_independent_of_hidden_pixels(pipe, pixels, "RGB", hole, hd_strategy=strategy, mask_dilation=4, mask_blur=5)
+    assert_independent_of_hidden_pixels(
+        pipe, pixels, "RGB", hole, hd_strategy=strategy, mask_dilation=4, mask_blur=5, texture=texture
+    )
 
 
+@pytest.mark.parametrize("texture", TEXTURES)
 @pytest.mark.parametrize("strategy", ["auto", "resize"])
-def test_very_large_photo(pipe, strategy):
-    """3001x2003 px: auto crops around each hole at full resolution, resize shrinks 12-fold."""
+def test_very_large_photo(pipe, strategy, texture):
+    """3001x2003 px: auto crops around each hole at full resolution, resize shrinks 12-fold (the texture stage
+    then works at full resolution inside the whole photo)."""
     size = (3001, 2003)
     pixels = photo_pixels(*size, "RGB")
     hole = np.zeros(size[::-1], dtype=bool)
     hole[400:700, 500:760] = True
     hole[1900:, 2900:] = True  # a corner
-    assert_independent_of_hidden_pixels(pipe, pixels, "RGB", hole, hd_strategy=strategy, mask_dilation=2)
+    assert_independent_of_hidden_pixels(
+        pipe, pixels, "RGB", hole, hd_strategy=strategy, mask_dilation=2, texture=texture
+    )
 
 
 def test_batches(pipe):
@@ -125,7 +135,26 @@ def test_batches(pipe):
         np.testing.assert_array_equal(result, reference)
 
 
-def test_through_the_cli(tmp_path: Path, pipe):
+@pytest.mark.parametrize("texture", TEXTURES)
+def test_through_the_space(space_app, pipe, texture):
+    """The editor's value: the photo as background with the hole painted over in one layer's alpha."""
+    size = (240, 176)
+    pixels, hole = photo_pixels(*size, "RGB"), hole_mask(*size)
+    layer = np.zeros((*hole.shape, 4), np.uint8)
+    layer[hole, 3] = 255
+    results = []
+    for how in HIDINGS:
+        background = np.dstack([hide(pixels, hole, how), np.full(hole.shape, 255, np.uint8)])
+        value = {"background": background, "layers": [layer], "composite": None}
+        result, _ = space_app.inpaint(value, "auto", 0, 0, texture, pipeline=pipe)
+        results.append(np.asarray(result))
+    for how, result in zip(HIDINGS[1:], results[1:], strict=True):
+        np.testing.assert_array_equal(result, results[0], err_msg=f"hidden pixels as {how} changed the result")
+    assert not np.array_equal(results[0][hole], pixels[hole])
+
+
+@pytest.mark.parametrize("texture", TEXTURES)
+def test_through_the_cli(tmp_path: Path, pipe, texture):
     size = (230, 170)
     pixels, hole = photo_pixels(*size, "RGB"), hole_mask(*size)
     model = tmp_path / "model"
@@ -136,7 +165,7 @@ def test_through_the_cli(tmp_path: Path, pipe):
         Image.fromarray(hide(pixels, hole, how)).save(tmp_path / f"{how}.png")
         output = tmp_path / f"result-{how}.png"
         arguments = ["--image", tmp_path / f"{how}.png", "--mask", tmp_path / "mask.png", "--output", output]
-        assert main([str(a) for a in [*arguments, "--model", model, "--quiet"]]) == 0
+        assert main([str(a) for a in [*arguments, "--model", model, "--texture", texture, "--quiet"]]) == 0
         with Image.open(output) as result:
             results.append(np.asarray(result))
     for result in results[1:]:

@@ -28,6 +28,7 @@ MODEL_FILES = {
     "winograd.py",
     "harmonic.py",
     "image_processing_med.py",
+    "patchmatch.py",
     "pipeline_med.py",
 }
 

@@ -539,6 +539,8 @@ def test_resized_hole_covers_the_filter_footprint():
     assert small[6:11, 6:11].all()
     assert not small[:4].any() and not small[:, 13:].any()
     assert resize_mask(np.ones((4, 4), bool), (8, 6)).shape == (6, 8)
+    # No resampling at the same size, so nothing is grown: the network sees exactly the hole.
+    np.testing.assert_array_equal(resize_mask(mask, (64, 64)), mask)
 
 
 @pytest.mark.parametrize("resample", [Image.Resampling.LANCZOS, Image.Resampling.BICUBIC, Image.Resampling.BILINEAR])

@@ -227,6 +227,21 @@ def test_every_strategy_keeps_the_size_and_the_unmasked_pixels(pipe, forward_cal
     assert forward_calls == [network_shape]
 
 
+def test_at_the_working_size_the_network_sees_exactly_the_photo_and_its_hole(pipe):
+    image, mask = photo(WORKING_SIZE, WORKING_SIZE), blob_mask((WORKING_SIZE, WORKING_SIZE), SMALL_BLOB)
+    seen = []
+    handle = pipe.model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        pipe(image=image, mask_image=mask, texture="none")
+    finally:
+        handle.remove()
+    (inputs,) = seen
+    np.testing.assert_array_equal(inputs["mask"][0, 0].numpy() > 0.5, holes(mask))
+    known = ~holes(mask)
+    expected = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1) * 2 - 1
+    torch.testing.assert_close(inputs["pixel_values"][0][:, known], expected[:, known], rtol=0, atol=1e-6)
+
+
 def test_mask_dilation_grows_the_hole_by_a_disk(pipe):
     image, mask = photo(*SMALL), blob_mask(SMALL, SMALL_BLOB)
     hole = holes(mask)

@@ -137,6 +137,32 @@ def test_inpaint_changes_only_the_painted_area(app, pipe, photo, strategy):
     assert after is result
 
 
+@pytest.mark.parametrize("texture", ["exemplar", "none"])
+def test_both_textures_fill_only_the_painted_area(app, pipe, photo, texture):
+    value = {"background": rgba(photo), "layers": [stroke_layer()], "composite": None}
+    result, _ = app.inpaint(value, "auto", 0, 0, texture, pipeline=pipe)
+    assert_inpainted(np.asarray(result), photo, box_mask())
+
+
+def test_the_textures_differ_and_exemplar_has_the_photos_grain(app, pipe, photo):
+    """Texture: the hole gets about as much fine detail as the photo has; smooth: the network's own fill."""
+    value = {"background": rgba(photo), "layers": [stroke_layer()], "composite": None}
+    exemplar, _ = app.inpaint(value, "original", 0, 0, "exemplar", pipeline=pipe)
+    smooth, _ = app.inpaint(value, "original", 0, 0, "none", pipeline=pipe)
+    assert not np.array_equal(np.asarray(exemplar), np.asarray(smooth))
+
+    def detail(image: np.ndarray, where: np.ndarray) -> float:
+        """Mean |4-neighbour Laplacian| over `where`."""
+        pixels = image.astype(np.float64)
+        laplacian = 4 * pixels[1:-1, 1:-1] - pixels[:-2, 1:-1] - pixels[2:, 1:-1] - pixels[1:-1, :-2] - pixels[1:-1, 2:]
+        return float(np.abs(laplacian)[where[1:-1, 1:-1]].mean())
+
+    inner = box_mask((104, 64, 176, 116))
+    ratio = detail(np.asarray(exemplar), inner) / detail(photo, inner)
+    assert 0.6 < ratio < 1.5, f"the texture fill has {ratio:.2f}x the photo's fine detail"
+    assert app.TEXTURE_LABELS.keys() == {"exemplar", "none"}
+
+
 def test_inpaint_dilation_grows_the_area(app, pipe, photo):
     value = {"background": rgba(photo), "layers": [stroke_layer()], "composite": None}
     result, _ = app.inpaint(value, "resize", 5, 0, pipeline=pipe)
@@ -455,7 +481,7 @@ def client(server):
     return Client(server.local_url, verbose=False)
 
 
-def predict(client, background: Path | None, layers: list[Path], hd_strategy: str = "auto"):
+def predict(client, background: Path | None, layers: list[Path], hd_strategy: str = "auto", texture: str = "exemplar"):
     from gradio_client import handle_file
 
     value = {
@@ -463,14 +489,15 @@ def predict(client, background: Path | None, layers: list[Path], hd_strategy: st
         "layers": [handle_file(str(layer)) for layer in layers],
         "composite": None,
     }
-    return client.predict(value, hd_strategy, 0, 0, api_name="/inpaint")
+    return client.predict(value, hd_strategy, 0, 0, texture, api_name="/inpaint")
 
 
-def test_app_serves_the_inpaint_api(client, photo, tmp_path):
+@pytest.mark.parametrize("texture", ["exemplar", "none"])
+def test_app_serves_the_inpaint_api(client, photo, tmp_path, texture):
     background, layer = tmp_path / "photo.png", tmp_path / "layer.png"
     Image.fromarray(photo).save(background)
     Image.fromarray(stroke_layer()).save(layer)
-    result_path, comparison, status = predict(client, background, [layer])
+    result_path, comparison, status = predict(client, background, [layer], texture=texture)
     with Image.open(result_path) as result:
         assert result.format == "PNG"
         assert_inpainted(np.asarray(result.convert("RGB")), photo, box_mask())
@@ -524,7 +551,7 @@ def test_app_reads_only_uploaded_files(server, caplog):
     caplog.set_level(logging.INFO, logger="med_hf.space")
     url = server.local_url.rstrip("/")
     secret = {"path": str(APP_PATH), "meta": {"_type": "gradio.FileData"}}
-    data = [{"background": secret, "layers": [], "composite": None}, "auto", 0, 0]
+    data = [{"background": secret, "layers": [], "composite": None}, "auto", 0, 0, "exemplar"]
     event = httpx.post(f"{url}/gradio_api/call/inpaint", json={"data": data}, timeout=30).json()["event_id"]
     stream = httpx.get(f"{url}/gradio_api/call/inpaint/{event}", timeout=30).text
     assert "event: error" in stream and "app.py" not in stream
@@ -533,7 +560,7 @@ def test_app_reads_only_uploaded_files(server, caplog):
 
 def test_app_config_has_stable_ids(server):
     elem_ids = {component.get("props", {}).get("elem_id") for component in server.config["components"]}
-    assert {"image-editor", "inpaint-button", "status", "result"} <= elem_ids
+    assert {"image-editor", "inpaint-button", "status", "result", "texture"} <= elem_ids
 
 
 def test_app_serves_the_upload_guard_and_limits(server, app):

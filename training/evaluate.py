@@ -55,6 +55,7 @@ from med_hf.evaluation import (
 )
 from med_hf.evaluation.figures import comparison_grid, figure_png, plot_metrics
 from med_hf.evaluation.report import markdown_report
+from med_hf.pipeline_med import DEFAULT_TEXTURE, TEXTURES, MEDInpaintPipeline
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,10 +75,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Model folder or Hub repo id to evaluate; repeatable. Omit to evaluate the baselines only.",
     )
     parser.add_argument(
+        "--textures",
+        default=DEFAULT_TEXTURE,
+        help=f"Comma-separated texture modes of the pipeline ({', '.join(TEXTURES)}) to evaluate every model with; "
+        "with several, each model is reported once per mode as NAME-MODE.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="Seeds the texture stage (image k gets seed + k).")
+    parser.add_argument(
         "--baselines",
         default="telea,ns",
         help=f"Comma-separated classical baselines among {sorted(CLASSICAL_BASELINES)}, or 'none'. The protocol's "
-        "reference table has telea and ns; harmonic is the smooth prior of the default model.",
+        "reference table has telea and ns; harmonic is the smooth prior of the default model; patchmatch is the "
+        "texture stage with the guidance off (plain PatchMatch).",
     )
     parser.add_argument(
         "--buckets",
@@ -114,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.baselines) - set(CLASSICAL_BASELINES))
     if unknown:
         parser.error(f"unknown baseline(s) {unknown}; choose among {sorted(CLASSICAL_BASELINES)} or 'none'.")
+    args.textures = [mode.strip() for mode in args.textures.split(",") if mode.strip()]
+    if not args.textures or set(args.textures) - set(TEXTURES):
+        parser.error(f"--textures takes a comma-separated list of {', '.join(TEXTURES)}.")
     models = [parse_model_spec(spec) for spec in args.model]
     args.model = dict(models)
     if len(args.model) != len(models):
@@ -178,7 +190,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     methods: dict[str, InpaintFn] = {name: CLASSICAL_BASELINES[name] for name in args.baselines}
     for name, model in args.model.items():
-        methods[name] = PipelineInpainter(model, batch_size=args.batch_size, device=device)
+        pipeline = MEDInpaintPipeline.from_pretrained(model).to(device)  # loaded once, shared by the texture modes
+        for texture in args.textures:
+            method = name if len(args.textures) == 1 else f"{name}-{texture}"
+            methods[method] = PipelineInpainter(pipeline, batch_size=args.batch_size, seed=args.seed, texture=texture)
     fid_extractor = load_torchscript(args.fid_extractor, device) if args.fid_extractor else None
     lpips_model = load_torchscript(args.lpips_model, device) if args.lpips_model else None
 

@@ -40,7 +40,25 @@ def harmonic(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return filled[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-CLASSICAL_BASELINES: dict[str, InpaintFn] = {"telea": telea, "ns": navier_stokes, "harmonic": harmonic}
+def patchmatch(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Plain, unguided PatchMatch (the content-aware-fill approach): the pipeline's texture stage with no network
+    guide, started from a smooth fill, 7x7 patches, seed 0.
+
+    Not in the protocol's reference table; it is the texture to match without losing the network's fidelity.
+    """
+    from ..patchmatch import exemplar_fill
+
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    filled = exemplar_fill(pixels, torch.from_numpy(hole)[None, None], generator=torch.Generator().manual_seed(0))
+    return (filled[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+CLASSICAL_BASELINES: dict[str, InpaintFn] = {
+    "telea": telea,
+    "ns": navier_stokes,
+    "harmonic": harmonic,
+    "patchmatch": patchmatch,
+}
 
 
 def is_classical(fn: InpaintFn) -> bool:

@@ -8,7 +8,12 @@ from typing import Any
 # The metrics that a learned method has to match or exceed against every classical baseline.
 BEATS_METRICS = ("psnr", "ssim")
 # Column titles used in the protocol's reference table: (first column, following columns).
-DISPLAY_NAMES = {"telea": ("Telea", "Telea"), "ns": ("Navier-Stokes", "NS"), "harmonic": ("Harmonic", "Harmonic")}
+DISPLAY_NAMES = {
+    "telea": ("Telea", "Telea"),
+    "ns": ("Navier-Stokes", "NS"),
+    "harmonic": ("Harmonic", "Harmonic"),
+    "patchmatch": ("PatchMatch", "PatchMatch"),
+}
 
 
 def beats_summary(report: Mapping[str, Any]) -> dict[str, Any]:

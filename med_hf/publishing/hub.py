@@ -9,7 +9,8 @@ The model repo is flat, so that it loads with `MEDModel.from_pretrained(repo)`,
 
     config.json                      the model's config, with `auto_map` pointing at the files below
     model.safetensors                the weights (or model.safetensors.index.json and its shards)
-    configuration_med.py, modeling_med.py, image_processing_med.py, pipeline_med.py
+    configuration_med.py, modeling_med.py, winograd.py, harmonic.py,
+    image_processing_med.py, patchmatch.py, pipeline_med.py      the model's code (`REMOTE_CODE_FILES`)
     README.md                        model card: licence, pipeline tag, tags, the training record (from the
                                      folder's training_args.json), `model-index` from an evaluation report
 
@@ -52,7 +53,7 @@ except ImportError:  # huggingface_hub 1.x
 
 from ..configuration_med import MEDConfig
 from ..training.record import training_record
-from .model_card import ORIGINAL_WEIGHTS_LICENSE, eval_results, render_model_card
+from .model_card import ORIGINAL_WEIGHTS_LICENSE, card_pictures, eval_results, render_model_card
 
 # The model's own source files, shipped as remote code, are the top level of the package.
 MODEL_CODE_DIR = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ REMOTE_CODE_FILES = (
     "winograd.py",
     "harmonic.py",
     "image_processing_med.py",
+    "patchmatch.py",
     "pipeline_med.py",
 )
 AUTO_MAP = {"AutoConfig": "configuration_med.MEDConfig", "AutoModel": "modeling_med.MEDModel"}
@@ -285,6 +287,9 @@ def build_model_repo(
     for name in REMOTE_CODE_FILES:
         shutil.copyfile(MODEL_CODE_DIR / name, target / name)
     _check_flat_imports(target)
+    pictures = card_pictures(source.folder)
+    for name in pictures:
+        shutil.copyfile(source.folder / name, target / name)
     card = render_model_card(
         source.med_config,
         repo_id=repo_id,
@@ -292,6 +297,7 @@ def build_model_repo(
         # Read from the folder's training_args.json (left by training/train.py): no secret, no local path.
         training=training_record(source.folder),
         weights_license=weights_license,
+        pictures=pictures,
     )
     (target / "README.md").write_text(str(card), encoding="utf-8")
 

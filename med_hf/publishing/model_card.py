@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,19 @@ TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
 EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
 TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
+# Pictures a model folder may hold (`training/evaluate.py`, `training/texture_figures.py`), shown in its card in
+# this order with these captions.
+CARD_PICTURES = {
+    "texture_examples.png": "Validation photos: input, the network's smooth fill, the texture fill (the default) "
+    "and the ground truth",
+    "texture_crops.png": "Full-resolution crops of a larger photo: input, smooth fill, texture fill, photo",
+    "metrics.png": "PSNR, SSIM, L1, HF and SWD against the hole ratio",
+}
+
+
+def card_pictures(folder: str | Path) -> list[str]:
+    """The names of `CARD_PICTURES` that `folder` holds."""
+    return [name for name in CARD_PICTURES if (Path(folder) / name).is_file()]
 
 
 def eval_results(report: Mapping[str, Any], method: str | None = None) -> list[EvalResult]:
@@ -54,11 +67,13 @@ def render_model_card(
     training: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
     weights_license: str = ORIGINAL_WEIGHTS_LICENSE,
+    pictures: Sequence[str] = (),
 ) -> ModelCard:
     """A `ModelCard` with metadata (licence, pipeline tag, tags, `model-index` when `evaluation` is a report).
 
     `training` fills the Training section, one line per entry: the run's record
-    (`med_hf.training.record.training_record`), which holds no secret and no local path.
+    (`med_hf.training.record.training_record`), which holds no secret and no local path. `pictures` (names of
+    `CARD_PICTURES`, files beside the card) are shown after the evaluation.
     """
     card_data = ModelCardData(
         license=weights_license,
@@ -77,15 +92,17 @@ def render_model_card(
         image_size=config.image_size,
         model_details=_model_details(config),
         training_details=_training_details(training),
-        evaluation_details=_evaluation_details(evaluation),
+        evaluation_details="\n\n".join(
+            [_evaluation_details(evaluation), *(f"![{CARD_PICTURES[name]}]({name})" for name in pictures)]
+        ),
         weights_license=weights_license,
     )
 
 
 def write_model_card(folder: str | Path, **kwargs) -> Path:
-    """Render the card for the model saved in `folder` and write it as `folder/README.md`."""
+    """Render the card for the model saved in `folder` (showing the pictures it holds) as `folder/README.md`."""
     folder = Path(folder)
-    card = render_model_card(MEDConfig.from_pretrained(folder), **kwargs)
+    card = render_model_card(MEDConfig.from_pretrained(folder), pictures=card_pictures(folder), **kwargs)
     target = folder / "README.md"
     write_text(target, str(card))
     return target
