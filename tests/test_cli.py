@@ -126,6 +126,52 @@ def test_strategy_and_dilation_options_reach_the_pipeline(capsys, model_dir, pai
     assert_inpainted(np.asarray(photo()), written, grown)
 
 
+def test_texture_options_and_seed_reach_the_pipeline(capsys, model_dir, pair, tmp_path):
+    from med_hf.pipeline_med import MEDInpaintPipeline
+
+    image, mask = pair
+    args = ("--image", image, "--mask", mask, "--model", model_dir)
+    pipe = MEDInpaintPipeline.from_pretrained(model_dir)
+    calls = {
+        "smooth": (("--texture", "none"), {"texture": "none"}),
+        "default": ((), {"generator": torch.Generator().manual_seed(0)}),
+        "seed 3, 5x5, guidance 4": (
+            ("--seed", "3", "--texture-patch-size", "5", "--texture-guidance", "4"),
+            {"generator": torch.Generator().manual_seed(3), "texture_patch_size": 5, "texture_guidance": 4.0},
+        ),
+    }
+    written = {}
+    for name, (options, call) in calls.items():
+        output = tmp_path / f"{name}.png"
+        code, _, err = run(capsys, *args, "--output", output, *options)
+        assert code == 0, err
+        with Image.open(output) as result:
+            written[name] = np.asarray(result)
+        expected = pipe(image=photo(), mask_image=blob_mask(), **call).images[0]
+        np.testing.assert_array_equal(written[name], np.asarray(expected), err_msg=name)
+        assert_inpainted(np.asarray(photo()), written[name], holes(blob_mask()))
+    assert len({array.tobytes() for array in written.values()}) == len(written)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--texture", "blur", "invalid choice: 'blur'"),
+        ("--texture-patch-size", "6", "must be odd"),
+        ("--texture-patch-size", "1", "must be a number >= 3"),
+        ("--texture-guidance", "-1", "must be a number >= 0"),
+        ("--seed", "x", "not a number"),
+    ],
+)
+def test_bad_texture_options_are_usage_errors(capsys, pair, tmp_path, option, value, message):
+    image, mask = pair
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--image", str(image), "--mask", str(mask), "--output", str(tmp_path / "r.png"), option, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r.png").exists()
+
+
 def test_output_folder_and_jpeg_output(capsys, model_dir, tmp_path):
     image, mask = tmp_path / "shot.png", tmp_path / "mask.png"
     photo().convert("RGBA").save(image)

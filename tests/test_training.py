@@ -409,3 +409,48 @@ def test_default_model_record_names_its_script_data_and_machine(three_stages):
     assert record["data"].startswith("BSDS500 train (200 photos)")
     assert record["time"] == "2.0 h on 2 CPU cores (torch 2.13.0)"
     assert record["steps"] == "175 (100 + 50 + 25)"
+
+
+def test_export_refresh_rebuilds_the_card_and_pictures_and_keeps_the_weights(tmp_path, tiny_model):
+    from med_hf.evaluation import evaluate_methods, protocol_mask_name, telea
+
+    export = load_script(EXPORT)
+    folder = tmp_path / "default_model"
+    tiny_model.save_pretrained(folder)
+    for code in folder.glob("*.py"):
+        code.unlink()
+    (folder / export.RECORD_NAME).write_text(json.dumps({"command": "`train.sh`", "steps": "42"}))
+    (folder / "examples.png").write_bytes(b"an old grid")
+    kept = {name: (folder / name).read_bytes() for name in ("config.json", "model.safetensors")}
+
+    eval_dir, mask_dir = tmp_path / "eval", tmp_path / "masks"
+    eval_dir.mkdir()
+    mask_dir.mkdir()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(2)]
+    for index in range(2):
+        hole = np.zeros((256, 256), np.uint8)
+        hole[100:120, 80 + index : 110] = 255
+        Image.fromarray(hole).save(mask_dir / protocol_mask_name(index, 0))
+    report = evaluate_methods({"telea": telea, "grey": lambda image, hole: np.full_like(image, 128)}, images, mask_dir,
+                              buckets=[0], progress=False)  # fmt: skip
+    (eval_dir / "report.json").write_text(json.dumps(report))
+    for picture in ("metrics.png", "texture_examples.png", "texture_crops.png"):
+        Image.new("RGB", (8, 8)).save(eval_dir / picture)
+
+    assert export.refresh(eval_dir, folder) == folder
+    assert {name: (folder / name).read_bytes() for name in kept} == kept
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
+        "config.json",
+        "metrics.png",
+        "model.safetensors",
+        "texture_crops.png",
+        "texture_examples.png",
+        "training_record.json",
+    ]  # fmt: skip  (examples.png was not in the new evaluation: a stale picture is dropped)
+    card = (folder / "README.md").read_text()
+    assert "- Steps: 42" in card and "| grey PSNR |" in card
+    assert card.index("](texture_examples.png)") < card.index("](texture_crops.png)") < card.index("](metrics.png)")
+    with pytest.raises(FileNotFoundError):
+        export.refresh(eval_dir, tmp_path / "no-such-model")
