@@ -25,8 +25,6 @@ import argparse
 import math
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -35,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import skimage.data
 import torch
+from common import run_python
 from PIL import Image, ImageDraw
 from transformers.utils import logging as transformers_logging
 
@@ -115,11 +114,8 @@ def peak_rss_of_large_photo(model: MEDModel, threads: int) -> tuple[int, float]:
             size=LARGE_SIZE,
             coverage=LARGE_COVERAGE,
         )
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-        completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"the memory subprocess failed:\n{completed.stderr}")
-    peak, elapsed = completed.stdout.split()[-2:]
+        stdout = run_python(script, "memory")
+    peak, elapsed = stdout.split()[-2:]
     return int(peak), float(elapsed)
 
 

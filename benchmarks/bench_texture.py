@@ -23,15 +23,13 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import numpy as np
 import torch
 from bench_pipeline import blob_mask, photo, seconds, verdict
-from common import reference_workload
+from common import reference_workload, run_python
 from transformers.utils import logging as transformers_logging
 
 from med_hf.pipeline_med import MEDInpaintPipeline
@@ -71,11 +69,7 @@ def large_photo(threads: int) -> tuple[int, float]:
     script = LARGE_SCRIPT.format(
         threads=threads, bench_dir=str(Path(__file__).resolve().parent), size=LARGE_SIZE, coverage=LARGE_COVERAGE
     )
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
-    if completed.returncode != 0:
-        raise RuntimeError(f"the large-photo subprocess failed:\n{completed.stderr}")
-    peak, elapsed = completed.stdout.split()[-2:]
+    peak, elapsed = run_python(script, "large-photo").split()[-2:]
     return int(peak), float(elapsed)
 
 

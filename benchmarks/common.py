@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -55,3 +57,13 @@ def peak_rss() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
+
+def run_python(script: str, what: str) -> str:
+    """stdout of `script` run by a fresh Python process (offline, quiet transformers); fails loudly with its
+    stderr. A fresh process measures its own peak memory, without this one's."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(f"the {what} subprocess failed:\n{completed.stderr}")
+    return completed.stdout

@@ -19,18 +19,8 @@ from med_hf.publishing import hub
 
 REPO_ID = "med-org/medfe-tiny"
 SPACE_ID = "med-org/medfe-tiny-demo"
-MODEL_FILES = {
-    "README.md",
-    "config.json",
-    "model.safetensors",
-    "configuration_med.py",
-    "modeling_med.py",
-    "winograd.py",
-    "harmonic.py",
-    "image_processing_med.py",
-    "patchmatch.py",
-    "pipeline_med.py",
-}
+# The remote-code files are exactly the top-level model modules (tests/test_layout.py checks that list).
+MODEL_FILES = {"README.md", "config.json", "model.safetensors", *hub.REMOTE_CODE_FILES}
 
 
 def make_report(learned=("medfe",)) -> dict:

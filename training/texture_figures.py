@@ -10,10 +10,10 @@ Writes into ``--output_dir`` (each file atomically):
 - ``texture_examples.png``: for several validation photos and hole sizes (the evaluation protocol's photos and
   masks, 256x256), one row each of input (hole in white) / smooth (``texture="none"``) / texture
   (``texture="exemplar"``, the default) / ground truth;
-- ``texture_crops.png``: one larger real photo (scikit-image's ``rocket``, 640x427, NASA, public domain) with an
-  object-sized hole, inpainted at its own resolution by the default settings; the whole photo with the hole
-  outlined, then the same full-resolution crop of input / smooth / texture / photo, enlarged 3x with nearest
-  neighbours so that single pixels show.
+- ``texture_crops.png``: real photos at their own resolution (scikit-image's ``chelsea`` and ``rocket``, see
+  ``CROP_CASES``: one where texture helps, one where it fails) with an object-sized hole, inpainted with the
+  default settings; the whole photo with the hole and the crop outlined, then the same full-resolution crop of
+  input / smooth / texture / photo, enlarged 3x with nearest neighbours so that single pixels show.
 """
 
 from __future__ import annotations
@@ -78,14 +78,23 @@ def examples_figure(pipe: MEDInpaintPipeline, val_dir: Path, mask_dir: Path, ima
     return figure
 
 
-def object_hole(width: int, height: int) -> np.ndarray:
-    """An object-sized irregular hole (~6 % of the photo) over the trees on the right of the rocket photo."""
+# (scikit-image photo, centre of the hole as fractions of width and height, what it shows). Both are real photos
+# shipped with scikit-image (the cat: public domain; the rocket: NASA, public domain), the largest natural ones
+# available offline.
+CROP_CASES = (
+    ("chelsea", (0.45, 0.6), "fur: the texture fill\ncarries the photo's grain"),
+    ("rocket", (0.25, 0.8), "lights, towers: the texture fill\npastes fragments (a failure)"),
+)
+
+
+def object_hole(width: int, height: int, centre: tuple[float, float]) -> np.ndarray:
+    """An object-sized irregular hole (~5-7 % of the photo) around `centre` (fractions of width and height)."""
     mask = Image.new("L", (width, height), 0)
-    centre_x, centre_y = 0.78 * width, 0.70 * height
+    centre_x, centre_y = centre[0] * width, centre[1] * height
     angles = np.linspace(0, 2 * np.pi, 90, endpoint=False)
     radius = 1 + 0.2 * np.sin(3 * angles) + 0.1 * np.cos(7 * angles)
     points = [
-        (centre_x + 0.13 * width * r * np.cos(a), centre_y + 0.16 * height * r * np.sin(a))
+        (centre_x + 0.11 * width * r * np.cos(a), centre_y + 0.14 * height * r * np.sin(a))
         for a, r in zip(angles, radius, strict=True)
     ]
     ImageDraw.Draw(mask).polygon(points, fill=255)
@@ -95,30 +104,34 @@ def object_hole(width: int, height: int) -> np.ndarray:
 def crops_figure(pipe: MEDInpaintPipeline):
     import matplotlib.pyplot as plt
 
-    photo = skimage.data.rocket()
-    height, width = photo.shape[:2]
-    hole = object_hole(width, height)
-    smooth, texture = fills(pipe, photo, hole, seed=0)
-    rows, columns = np.nonzero(hole)
-    top = int(np.clip(rows.mean() - CROP_SIZE // 2, 0, height - CROP_SIZE))
-    left = int(np.clip(columns.mean() - CROP_SIZE // 2, 0, width - CROP_SIZE))
-    window = (slice(top, top + CROP_SIZE), slice(left, left + CROP_SIZE))
-    shown = photo.copy()
-    shown[hole] = 255
-
-    figure = plt.figure(figsize=(4 * 3.3, 2.2 + 3.3 + 0.4))
-    grid = figure.add_gridspec(2, 4, height_ratios=[1.3, 1])
-    overview = figure.add_subplot(grid[0, 1:3])
-    overview.imshow(shown)
-    overview.add_patch(plt.Rectangle((left, top), CROP_SIZE, CROP_SIZE, fill=False, edgecolor="#ff2d7a", linewidth=1.5))
-    overview.set_title(f"{width}x{height} photo, hole {hole.mean():.0%}; crop (pink) at full resolution, 3x")
-    overview.axis("off")
-    for column, (title, picture) in enumerate(zip(COLUMNS, (shown, smooth, texture, photo), strict=True)):
-        axis = figure.add_subplot(grid[1, column])
-        crop = picture[window].repeat(CROP_ZOOM, axis=0).repeat(CROP_ZOOM, axis=1)
-        axis.imshow(crop, interpolation="nearest")
-        axis.set_title(title, fontsize=10)
-        axis.axis("off")
+    figure, axes = plt.subplots(
+        len(CROP_CASES), 1 + len(COLUMNS), figsize=(3.0 * (1 + len(COLUMNS)), 3.2 * len(CROP_CASES)), squeeze=False
+    )
+    for row, (name, centre, caption) in enumerate(CROP_CASES):
+        photo = getattr(skimage.data, name)()
+        height, width = photo.shape[:2]
+        hole = object_hole(width, height, centre)
+        smooth, texture = fills(pipe, photo, hole, seed=0)
+        rows, columns = np.nonzero(hole)
+        top = int(np.clip(rows.mean() - CROP_SIZE // 2, 0, height - CROP_SIZE))
+        left = int(np.clip(columns.mean() - CROP_SIZE // 2, 0, width - CROP_SIZE))
+        window = (slice(top, top + CROP_SIZE), slice(left, left + CROP_SIZE))
+        shown = photo.copy()
+        shown[hole] = 255
+        overview = axes[row, 0]
+        overview.imshow(shown)
+        overview.add_patch(
+            plt.Rectangle((left, top), CROP_SIZE, CROP_SIZE, fill=False, edgecolor="#ff2d7a", linewidth=1.5)
+        )
+        overview.set_title(f"{width}x{height}, hole {hole.mean():.0%}", fontsize=10)
+        overview.set_xlabel(caption, fontsize=9, loc="left")
+        overview.set_xticks([])
+        overview.set_yticks([])
+        for column, picture in enumerate((shown, smooth, texture, photo), start=1):
+            crop = picture[window].repeat(CROP_ZOOM, axis=0).repeat(CROP_ZOOM, axis=1)
+            axes[row, column].imshow(crop, interpolation="nearest")
+            axes[row, column].set_title(f"{COLUMNS[column - 1]}, crop {CROP_ZOOM}x", fontsize=10)
+            axes[row, column].axis("off")
     figure.tight_layout()
     return figure
 
