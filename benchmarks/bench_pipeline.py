@@ -8,7 +8,7 @@ Prints, all measured in this run on this machine with the full-size network (`ME
 (a) the median time of one 256x256 batch-1 forward of the model, after a warm-up run;
 (b) the median time of `pipe(image=photo, mask_image=mask)` with the default `hd_strategy="auto"` on a
     2048x1536 photo (scikit-image's astronaut scaled up) with one blob-shaped object mask covering ~3 % of it,
-    after a warm-up call, with `texture="none"` (the texture stage's cost is `bench_texture.py`'s); then the
+    after a warm-up call, with `texture="none"` (the texture stage's cost is `bench_default_model.py`'s); then the
     ratio (b) / (a), target <= 2. The runs of (a) and (b) alternate, so that
     a change in the machine's load affects both alike;
 (c) the peak RSS (`VmHWM`, see `peak_rss`) of a fresh Python process that loads the full model with

@@ -69,9 +69,13 @@ COARSEST_SIDE = 32
 THIN_HOLE_RADIUS = 3
 MIN_SOURCE_FRACTION = 0.1
 MIN_COARSE_PATCH = 3
-# EM iterations: the coarsest level gets the most, each finer level one fewer, down to FINEST_ITERATIONS.
+# EM iterations: the coarsest level gets the most, each finer level one fewer, down to FINEST_ITERATIONS, and the
+# full-resolution level FULL_RESOLUTION_ITERATIONS.
 COARSEST_ITERATIONS = 6
 FINEST_ITERATIONS = 2
+# The full-resolution level starts from a field already settled at half resolution: one iteration there costs
+# 0.1 dB PSNR and 1-3 % SWD against two on the validation photos, and saves 15-20 % of the time.
+FULL_RESOLUTION_ITERATIONS = 1
 # Random search radius at the finer levels (the coarsest level searches all of itself).
 FINE_SEARCH_RADIUS = 8
 # Jump-flood propagation distances at the coarsest level's first search; later searches use neighbours only.
@@ -86,8 +90,9 @@ CONFIDENCE_WEIGHT = 3.0
 VOTE_QUANTILE = 0.75
 # Working region: the hole's bounding box grown by MARGIN_FRACTION of its longer side (at least
 # MIN_MARGIN_PATCHES patches); sources come from there. The pipeline cuts a photo's distant holes apart with the
-# same margins (`MEDImageProcessor.texture_regions`).
-MARGIN_FRACTION = 1.0
+# same margins (`MEDImageProcessor.texture_regions`). Half the hole's size scored as well as the whole on the
+# validation photos (PSNR 0.0-0.3 dB better, SWD within 3 %) and searches a quarter of the area.
+MARGIN_FRACTION = 0.5
 MIN_MARGIN_PATCHES = 8
 # Value of a sample that has neither a known pixel nor a guide.
 NO_INFORMATION_VALUE = 0.5
@@ -226,15 +231,25 @@ class _Level:
         return self.valid_indices[picks.to(self.valid_indices.device)]
 
     def target_confidence(self) -> torch.Tensor:
-        """(targets,) mean over each target's patch of CONFIDENCE_DECAY ** (distance to a known pixel)."""
-        pixel = self.known[None, None].to(self.image.dtype)
-        # Beyond the patch size the confidence is negligible; it stays positive (its log is a cost).
-        floor = CONFIDENCE_DECAY**self.patch_size
-        pixel = pixel.clamp_min(floor)
-        for _ in range(self.patch_size):
-            pixel = torch.maximum(pixel, F.max_pool2d(pixel, 3, stride=1, padding=1) * CONFIDENCE_DECAY)
+        """(targets,) mean over each target's patch of CONFIDENCE_DECAY ** (distance to a known pixel).
+
+        The distance is the chessboard one, counted up to the patch size: beyond it the confidence is negligible
+        and stays at its floor (positive: its log is a cost).
+        """
+        # Only the hole's bounding box, grown by the reach of the distance and of the patch mean, can differ from
+        # 1 (the confidence of a known pixel) or influence a target.
+        reach = self.patch_size + self.patch_size // 2
+        (top, bottom), (left, right) = (_grown_span((~self.known).any(axis), reach) for axis in (1, 0))
+        known = self.known[top:bottom, left:right]
+        pixel = torch.full(known.shape, CONFIDENCE_DECAY**self.patch_size, dtype=self.image.dtype, device=known.device)
+        # From the farthest distance in: a pixel within chessboard distance k of a known one gets DECAY ** k.
+        for distance in range(self.patch_size - 1, -1, -1):
+            near = _window_counts(known, 2 * distance + 1) > 0
+            pixel = torch.where(near, CONFIDENCE_DECAY**distance, pixel)
+        confidence = torch.ones_like(self.image[0])
+        confidence[top:bottom, left:right] = pixel
         radius = self.patch_size // 2
-        patch_mean = F.avg_pool2d(F.pad(pixel, (radius,) * 4, mode="replicate"), self.patch_size, stride=1)
+        patch_mean = F.avg_pool2d(F.pad(confidence[None, None], (radius,) * 4, mode="replicate"), self.patch_size, 1)
         return patch_mean.flatten()[self.targets]
 
 
@@ -317,8 +332,7 @@ def _is_thick(level: _Level) -> bool:
     thick ones need coarser levels, where they are thin.
     """
     size = 2 * THIN_HOLE_RADIUS + 1
-    near_known = F.max_pool2d(level.known[None, None].float(), size, stride=1, padding=THIN_HOLE_RADIUS)
-    return bool((near_known < 0.5).any())
+    return bool((_window_counts(level.known, size) == 0).any())
 
 
 def _coarser_level(level: _Level) -> _Level | None:
@@ -343,20 +357,35 @@ def _all_known(known: torch.Tensor, size: int, stride: int) -> torch.Tensor:
     return F.max_pool2d((~known)[None, None].float(), size, stride=stride)[0, 0] < 0.5
 
 
+def _window_counts(flags: torch.Tensor, size: int) -> torch.Tensor:
+    """(h, w) int: how many of the (h, w) bool ``flags`` are True in the odd size x size window centred at each
+    pixel (nothing counts outside). Summed-area table: the same cost for any window size."""
+    radius = size // 2
+    padded = F.pad(flags.to(torch.int32), (radius + 1, radius, radius + 1, radius))
+    table = padded.cumsum(0).cumsum(1)
+    return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+
+
+def _grown_span(flags: torch.Tensor, reach: int) -> tuple[int, int]:
+    """[start, stop) of the True entries of a 1-D ``flags``, grown by ``reach`` on both sides within its length."""
+    indices = torch.nonzero(flags).flatten()
+    return max(int(indices[0]) - reach, 0), min(int(indices[-1]) + 1 + reach, len(flags))
+
+
 def _valid_sources(known: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(h, w) bool: centres of the patches that lie entirely inside the image and on known pixels."""
     radius = patch_size // 2
     height, width = known.shape
     valid = torch.zeros_like(known)
     if height >= patch_size and width >= patch_size:
-        valid[radius : height - radius, radius : width - radius] = _all_known(known, patch_size, stride=1)
+        inner = _window_counts(~known, patch_size)[radius : height - radius, radius : width - radius] == 0
+        valid[radius : height - radius, radius : width - radius] = inner
     return valid
 
 
 def _overlaps_hole(known: torch.Tensor, patch_size: int) -> torch.Tensor:
     """(h, w) bool: pixels whose patch overlaps the hole (they need a source)."""
-    hole = (~known)[None, None].float()
-    return F.max_pool2d(hole, patch_size, stride=1, padding=patch_size // 2)[0, 0] > 0.5
+    return _window_counts(~known, patch_size) > 0
 
 
 # ------------------------------------------------------------------------------------------- synthesis
@@ -376,6 +405,8 @@ def _synthesise(
             # The first fill of a level: nothing is matched yet, so only the patches' confidence ranks their votes.
             fill = _vote(level, nnf, confidence_costs)
         iterations = max(COARSEST_ITERATIONS - depth, FINEST_ITERATIONS)
+        if level is levels[0]:
+            iterations = min(iterations, FULL_RESOLUTION_ITERATIONS)
         fill = _expectation_maximisation(
             level, fill, nnf, confidence_costs, guidance_weight, generator, iterations, depth == 0
         )
@@ -595,35 +626,20 @@ def _vote(level: _Level, nnf: _Field, costs: torch.Tensor) -> torch.Tensor:
     radius = level.patch_size // 2
     width = level.width
     pixels = level.image.flatten(1).T.contiguous()  # (h * w, 3): a gathered pixel is one contiguous row
-    # The field on a grid padded by the patch radius, so that the patch centred at (pixel - offset) is one
-    # subtraction away for every offset. Padding entries never win (infinite cost) and point at a valid source
-    # so that source + offset stays a real pixel.
-    padded_width = width + 2 * radius
-    padded_shape = (level.height + 2 * radius, padded_width)
-    padded_sources = torch.full(padded_shape, int(level.valid_indices[0]), dtype=torch.long, device=pixels.device)
-    padded_costs = torch.full(padded_shape, torch.inf, dtype=pixels.dtype, device=pixels.device)
-    target_rows, target_columns = level.rows_columns(nnf.targets)
-    padded_sources[target_rows + radius, target_columns + radius] = nnf.sources
-    padded_costs[target_rows + radius, target_columns + radius] = costs.to(pixels.dtype)
-    padded_sources, padded_costs = padded_sources.flatten(), padded_costs.flatten()
-    # The voters: the targets themselves, i.e. the hole and the known pixels within a patch radius of it. The
-    # patch centred at (voter - offset) covers the voter at that offset; if it lies in the level it is a target
-    # (it overlaps the hole), so its source is valid and source + offset is a known pixel.
-    voters = (target_rows + radius) * padded_width + target_columns + radius
-    best_cost = torch.full((len(voters),), torch.inf, dtype=pixels.dtype, device=pixels.device)
-    best_pixel = torch.zeros(len(voters), dtype=torch.long, device=pixels.device)
-    # Nearest offsets first: between equally cheap patches the one centred closest to the voter wins.
-    offsets = sorted(
-        ((d_row, d_column) for d_row in range(-radius, radius + 1) for d_column in range(-radius, radius + 1)),
-        key=lambda offset: (offset[0] ** 2 + offset[1] ** 2, offset),
+    # Every pixel of the level as a patch centre: its cost (infinite where no patch is matched) and its source.
+    cost_map = torch.full((level.height * width,), torch.inf, dtype=pixels.dtype, device=pixels.device)
+    cost_map[nnf.targets] = costs.to(pixels.dtype)
+    source_map = torch.zeros(level.height * width, dtype=torch.long, device=pixels.device)
+    source_map[nnf.targets] = nnf.sources
+    # The voters are the targets themselves: the hole and the known pixels within a patch radius of it. The
+    # cheapest patch covering a voter is the cheapest centre in the patch-sized window around it: a min-pool with
+    # its argmin (the window always holds the voter's own, finite, patch). Its source, shifted by the voter's
+    # offset from the centre, is a known pixel (a matched patch lies on known pixels).
+    _, winners = F.max_pool2d(
+        -cost_map.view(1, 1, level.height, width), level.patch_size, stride=1, padding=radius, return_indices=True
     )
-    for d_row, d_column in offsets:
-        centres = voters - (d_row * padded_width + d_column)
-        cost = padded_costs.index_select(0, centres)
-        better = cost < best_cost
-        best_cost = torch.where(better, cost, best_cost)
-        source_pixel = padded_sources.index_select(0, centres) + (d_row * width + d_column)
-        best_pixel = torch.where(better, source_pixel, best_pixel)
+    centres = winners.flatten()[nnf.targets]
+    best_pixel = source_map[centres] + (nnf.targets - centres)
     votes = pixels.index_select(0, best_pixel)
     in_hole = ~level.known.flatten()[nnf.targets]
     mismatch = torch.zeros_like(pixels)
