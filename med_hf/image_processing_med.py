@@ -458,7 +458,11 @@ def _max_value(dtype: np.dtype) -> float:
 
 def _to_unit_float(pixels: np.ndarray) -> np.ndarray:
     """Pixels in their own dtype -> float32 in [0, 1], same shape."""
-    return np.clip(pixels.astype(np.float32) / np.float32(_max_value(pixels.dtype)), 0, 1)
+    # One pass (the same values as converting, then dividing); a 12 MP photo is read in a fraction of the time.
+    unit = np.divide(pixels, np.float32(_max_value(pixels.dtype)), dtype=np.float32)
+    # 8- and 16-bit values cannot exceed their maximum, and float input was checked to be in [0, 1]; only 32-bit
+    # integers (PIL's mode "I") can.
+    return unit if pixels.dtype.kind == "f" or pixels.dtype.itemsize <= 2 else np.clip(unit, 0, 1)
 
 
 def _pixels_to_rgb(pixels: np.ndarray) -> np.ndarray:
