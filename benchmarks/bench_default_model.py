@@ -13,8 +13,9 @@ the machine's load affects all alike:
     upscaled), and the network's forward alone at 256x256, show where the time goes.
 (b) a fresh Python process that loads the default model and inpaints a 4000x3000 photo (the astronaut scaled up)
     with a ~3 % object mask, default settings (`"auto"` crops around the object; the texture runs at full
-    resolution in the crop): the call's seconds, target <= 15x the reference workload, and the process's peak
-    RSS (`VmHWM`), target <= 2 GB.
+    resolution in the crop): the first call's seconds (one-off set-up included), target <= 15x the reference
+    workload, and the process's peak RSS (`VmHWM`), target <= 2 GB. It runs before anything else, while this
+    process is idle.
 
 Each target line ends in PASS/FAIL, with the load average for context.
 """
@@ -96,6 +97,9 @@ def main() -> None:
         + ", ".join(f"{load:.2f}" for load in os.getloadavg())
     )
 
+    # First, while this process is idle: its own idle OpenMP threads would otherwise spin beside the child's.
+    peak, elapsed = large_photo(args.threads)
+
     pipe = MEDInpaintPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
     parameters = sum(p.numel() for p in pipe.model.parameters())
@@ -140,14 +144,11 @@ def main() -> None:
     )
     print(f"    the same with texture='none': {line('smooth')}")
     print(f"    network forward alone, 256x256: {line('forward')}")
-
-    peak, elapsed = large_photo(args.threads)
-    reference_after = statistics.median(seconds(runs["reference"]) for _ in range(args.runs))
-    large_ratio = elapsed / reference_after
+    large_ratio = elapsed / reference
     print(
-        f"(b) fresh process, {LARGE_SIZE[0]}x{LARGE_SIZE[1]} photo, {LARGE_COVERAGE:.0%} object mask, default "
-        f"settings: {elapsed:.2f} s = {large_ratio:.1f}x ref (reference re-timed after it: "
-        f"{reference_after * 1000:.0f} ms), target <= {LARGE_TARGET:g}x: {verdict(large_ratio <= LARGE_TARGET)}"
+        f"(b) fresh process (run first, alone), {LARGE_SIZE[0]}x{LARGE_SIZE[1]} photo, {LARGE_COVERAGE:.0%} object "
+        f"mask, default settings, first call: {elapsed:.2f} s = {large_ratio:.1f}x ref, target <= {LARGE_TARGET:g}x: "
+        f"{verdict(large_ratio <= LARGE_TARGET)}"
     )
     print(
         f"    peak RSS {peak / 1e9:.2f} GB ({peak / 2**30:.2f} GiB), target <= {RSS_TARGET_BYTES / 1e9:g} GB: "
