@@ -20,7 +20,8 @@ TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-h
 CARD_PICTURES = {
     "texture_examples.png": "Validation photos: input, the network's smooth fill, the texture fill (the default) "
     "and the ground truth",
-    "texture_crops.png": "Full-resolution crops of a larger photo: input, smooth fill, texture fill, photo",
+    "texture_crops.png": "Full-resolution crops of two photos, input, smooth fill, texture fill and photo: where "
+    "texture helps, and where it fails",
     "metrics.png": "PSNR, SSIM, L1, HF and SWD against the hole ratio",
 }
 
