@@ -1087,6 +1087,9 @@ def run_job(args: argparse.Namespace, state: PartialState) -> int:
         url = on_main(state, lambda: push_to_hub(output_dir, args.push_to_hub, args.hub_private, totals.rows))
         if state.is_main_process:
             print(f"pushed to {url}")
+    # Every process leaves together: one that tears its process group down while a peer's last broadcast is still
+    # in flight can abort the peer at exit ("terminate called without an active exception", seen once in CI).
+    state.wait_for_everyone()
     return 0
 
 

@@ -59,6 +59,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -392,19 +393,13 @@ def rtv_smooth(
     return np.clip(estimate, 0.0, 1.0).astype(np.float32).reshape(original_shape)
 
 
-def structure_image(
-    pil_image: Image.Image,
-    lam: float = 0.015,
-    sigma: float = 3.0,
-    sharpness: float = 0.001,
-    max_iter: int = 3,
-    border: str = DEFAULT_BORDER,
-) -> Image.Image:
+def structure_image(pil_image: Image.Image, **rtv_options: Any) -> Image.Image:
     """MEDFE structure target of a PIL image: RTV-smoothed, returned as an RGB ``uint8`` image.
 
     The input is converted to RGB first (so grayscale or RGBA images are accepted); the output has the
-    same size. The keyword arguments are those of :func:`rtv_smooth` (``border="zero"``: the authors').
+    same size. ``rtv_options`` are the keyword arguments of :func:`rtv_smooth`, whose defaults are the MEDFE
+    recipe (``border="zero"``: the authors').
     """
     rgb = np.asarray(pil_image.convert("RGB"))
-    smoothed = rtv_smooth(rgb, lam=lam, sigma=sigma, sharpness=sharpness, max_iter=max_iter, border=border)
+    smoothed = rtv_smooth(rgb, **rtv_options)
     return Image.fromarray(np.round(smoothed * 255.0).astype(np.uint8))
