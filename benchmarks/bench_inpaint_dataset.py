@@ -41,6 +41,9 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIZE = 512
 COVERAGE = (0.08, 0.12)
 
+# Rows per shard file: 48 photos make 6 shards, 3 for each of 2 processes.
+ROWS_PER_SHARD = 8
+
 
 def photos(count: int) -> tuple[list[Image.Image], str]:
     """`count` 512x512 RGB photos and where they come from."""
@@ -134,7 +137,9 @@ def main() -> None:
         environment = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(work / "hf"))
         environment.pop("OMP_NUM_THREADS", None)  # each command sets its own threads, or takes torch's default
         tool = ["-m", "med_hf.inpaint_dataset", "--dataset", str(work / "photos"), "--quiet"]
-        tool += ["--cache-dir", str(work / "hf" / "datasets")]
+        # Shards are the unit of work a process takes: with the default 250 rows a shard, the whole benchmark set
+        # would be one shard and a second process would have nothing to do.
+        tool += ["--cache-dir", str(work / "hf" / "datasets"), "--rows-per-shard", str(ROWS_PER_SHARD)]
         launcher = [
             sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
