@@ -93,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "none: the network's smooth fill",
     )
     parser.add_argument(
-        "--texture-patch-size", type=_odd_at_least_3, default=DEFAULT_PATCH_SIZE, help="patch side of the texture"
+        "--texture-patch-size", type=_patch_side, default=DEFAULT_PATCH_SIZE, help="patch side of the texture"
     )
     parser.add_argument(
         "--texture-guidance",
@@ -129,11 +129,15 @@ def _at_least(low: int, kind: type = int):
     return parse
 
 
-def _odd_at_least_3(text: str) -> int:
-    """An argparse type for patch sides: odd, so that a patch has a centre pixel."""
-    value = _at_least(3)(text)
-    if value % 2 == 0:
-        raise argparse.ArgumentTypeError(f"must be odd, got {text}")
+def _patch_side(text: str) -> int:
+    """An argparse type for the texture's patch side (the rule is `patchmatch.check_patch_size`'s)."""
+    from .patchmatch import MIN_COARSE_PATCH, check_patch_size
+
+    value = _at_least(MIN_COARSE_PATCH)(text)
+    try:
+        check_patch_size(value)
+    except ValueError:  # large enough, so even: a patch needs a centre pixel
+        raise argparse.ArgumentTypeError(f"must be odd, got {text}") from None
     return value
 
 

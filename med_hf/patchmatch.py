@@ -42,6 +42,7 @@ fill: it is shipped as remote code next to the model weights.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -177,8 +178,14 @@ def _check_inputs(image: torch.Tensor, hole: torch.Tensor, guide: torch.Tensor |
         )
     if guide is not None and guide.shape != image.shape:
         raise ValueError(f"guide must have the image's shape {tuple(image.shape)}, got {tuple(guide.shape)}.")
-    if patch_size < 1 or patch_size % 2 == 0:
-        raise ValueError(f"patch_size must be a positive odd number, got {patch_size}.")
+    check_patch_size(patch_size)
+
+
+def check_patch_size(patch_size: int, name: str = "patch_size") -> None:
+    """Refuse a patch side that is even (no centre pixel) or below MIN_COARSE_PATCH (the smallest that matches
+    anything but single colours)."""
+    if patch_size < MIN_COARSE_PATCH or patch_size % 2 == 0:
+        raise ValueError(f"{name} must be an odd number >= {MIN_COARSE_PATCH}, got {patch_size}")
 
 
 # ------------------------------------------------------------------------------------------- one sample
@@ -199,9 +206,11 @@ class _Level:
     holes: torch.Tensor = field(init=False)  # flat indices of the hole pixels
 
     def __post_init__(self) -> None:
-        self.valid = _valid_sources(self.known, self.patch_size).flatten()
+        # Hole pixels in each pixel's patch: none for a source (if the patch is inside the level), some for a target.
+        hole_counts = _window_counts(~self.known, self.patch_size)
+        self.valid = _valid_sources(hole_counts, self.patch_size).flatten()
         self.valid_indices = torch.nonzero(self.valid).flatten()
-        self.targets = torch.nonzero(_overlaps_hole(self.known, self.patch_size).flatten()).flatten()
+        self.targets = torch.nonzero((hole_counts > 0).flatten()).flatten()
         self.holes = torch.nonzero(~self.known.flatten()).flatten()
 
     @property
@@ -243,8 +252,9 @@ class _Level:
         known = self.known[top:bottom, left:right]
         pixel = torch.full(known.shape, CONFIDENCE_DECAY**self.patch_size, dtype=self.image.dtype, device=known.device)
         # From the farthest distance in: a pixel within chessboard distance k of a known one gets DECAY ** k.
+        known_counts = _window_counter(known, 2 * self.patch_size - 1)
         for distance in range(self.patch_size - 1, -1, -1):
-            near = _window_counts(known, 2 * distance + 1) > 0
+            near = known_counts(2 * distance + 1) > 0
             pixel = torch.where(near, CONFIDENCE_DECAY**distance, pixel)
         confidence = torch.ones_like(self.image[0])
         confidence[top:bottom, left:right] = pixel
@@ -359,11 +369,30 @@ def _all_known(known: torch.Tensor, size: int, stride: int) -> torch.Tensor:
 
 def _window_counts(flags: torch.Tensor, size: int) -> torch.Tensor:
     """(h, w) int: how many of the (h, w) bool ``flags`` are True in the odd size x size window centred at each
-    pixel (nothing counts outside). Summed-area table: the same cost for any window size."""
-    radius = size // 2
-    padded = F.pad(flags.to(torch.int32), (radius + 1, radius, radius + 1, radius))
-    table = padded.cumsum(0).cumsum(1)
-    return table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+    pixel (nothing counts outside)."""
+    return _window_counter(flags, size)(size)
+
+
+def _window_counter(flags: torch.Tensor, largest: int) -> Callable[[int], torch.Tensor]:
+    """:func:`_window_counts` of ``flags`` for any odd window size up to ``largest``, from one summed-area table
+    (each size then costs the same few subtractions)."""
+    reach = largest // 2
+    table = F.pad(flags.to(torch.int32), (reach + 1, reach, reach + 1, reach)).cumsum(0).cumsum(1)
+    height, width = flags.shape
+
+    def counts(size: int) -> torch.Tensor:
+        # Window rows [y - r, y + r] are table rows y + reach - r ... y + reach + r + 1 (the table is one ahead).
+        low, high = reach - size // 2, reach + size // 2 + 1
+        rows_low, rows_high = slice(low, low + height), slice(high, high + height)
+        columns_low, columns_high = slice(low, low + width), slice(high, high + width)
+        return (
+            table[rows_high, columns_high]
+            - table[rows_low, columns_high]
+            - table[rows_high, columns_low]
+            + table[rows_low, columns_low]
+        )
+
+    return counts
 
 
 def _grown_span(flags: torch.Tensor, reach: int) -> tuple[int, int]:
@@ -372,20 +401,15 @@ def _grown_span(flags: torch.Tensor, reach: int) -> tuple[int, int]:
     return max(int(indices[0]) - reach, 0), min(int(indices[-1]) + 1 + reach, len(flags))
 
 
-def _valid_sources(known: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(h, w) bool: centres of the patches that lie entirely inside the image and on known pixels."""
+def _valid_sources(hole_counts: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(h, w) bool: centres of the patches that lie entirely inside the level and on known pixels, given each
+    pixel's count of hole pixels in its patch."""
     radius = patch_size // 2
-    height, width = known.shape
-    valid = torch.zeros_like(known)
-    if height >= patch_size and width >= patch_size:
-        inner = _window_counts(~known, patch_size)[radius : height - radius, radius : width - radius] == 0
-        valid[radius : height - radius, radius : width - radius] = inner
+    height, width = hole_counts.shape
+    valid = torch.zeros(height, width, dtype=torch.bool, device=hole_counts.device)
+    inner = (slice(radius, height - radius), slice(radius, width - radius))
+    valid[inner] = hole_counts[inner] == 0
     return valid
-
-
-def _overlaps_hole(known: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(h, w) bool: pixels whose patch overlaps the hole (they need a source)."""
-    return _window_counts(~known, patch_size) > 0
 
 
 # ------------------------------------------------------------------------------------------- synthesis

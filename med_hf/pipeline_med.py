@@ -27,6 +27,7 @@ from .patchmatch import (
     MARGIN_FRACTION,
     MIN_MARGIN_PATCHES,
     TEXTURES,
+    check_patch_size,
     exemplar_fill,
 )
 
@@ -190,8 +191,7 @@ class MEDInpaintPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if texture not in TEXTURES:
             raise ValueError(f"texture must be one of {', '.join(TEXTURES)}; got {texture!r}")
-        if texture_patch_size < 3 or texture_patch_size % 2 == 0:
-            raise ValueError(f"texture_patch_size must be an odd number >= 3, got {texture_patch_size}")
+        check_patch_size(texture_patch_size, "texture_patch_size")
         if not texture_guidance >= 0:  # also refuses NaN
             raise ValueError(f"texture_guidance must be >= 0, got {texture_guidance}")
         images, masks = _as_list(image), _as_list(mask_image)
