@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--texture-guidance",
         type=_at_least(0, float),
         default=DEFAULT_GUIDANCE_WEIGHT,
-        help="how strongly patches follow the network's structure (0 = only their neighbours)",
+        help="how strongly patches and colours follow the network's structure (0 = only their neighbours)",
     )
     parser.add_argument(
         "--seed", type=_at_least(0), default=0, help="seed of the texture stage (same seed, same pixels)"

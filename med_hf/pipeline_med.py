@@ -165,7 +165,8 @@ class MEDInpaintPipeline(DiffusionPipeline):
                 the network's smooth prediction, upscaled to the photo.
             texture_patch_size (`int`, defaults to 7): side of the patches, odd.
             texture_guidance (`float`, defaults to `med_hf.patchmatch.DEFAULT_GUIDANCE_WEIGHT`): how strongly
-                patches must agree with the network's structure (0 = only with their neighbours).
+                patches must agree with the network's structure, and how much of the network's low frequencies
+                (colours, shading) the fill takes (all from 1 up; 0 = patches agree only with their neighbours).
             batch_size (`int`, defaults to 8): most network inputs per forward pass.
             max_pixels (`int`, *optional*, defaults to 64,000,000): larger images are refused before they are
                 decoded (`ImageTooLargeError`); `None` for no limit.

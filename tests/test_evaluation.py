@@ -46,6 +46,7 @@ from med_hf.evaluation import (
     protocol_mask,
     protocol_mask_name,
     psnr,
+    pypatchmatch,
     sliced_wasserstein_distance,
     ssim,
     swd_patches,
@@ -173,7 +174,7 @@ def test_composite_keeps_known_pixels_and_input_hides_holes():
     np.testing.assert_array_equal(blanked[~hole], image[~hole])
 
 
-@pytest.mark.parametrize("method", [telea, navier_stokes])
+@pytest.mark.parametrize("method", [telea, navier_stokes, pypatchmatch])
 def test_baselines_inpaint_only_the_hole(method):
     image = smooth_image(2)
     hole = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
@@ -423,7 +424,7 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
     for metric in ("fid", "lpips"):
         assert report["perceptual"][metric]["computed"] is False
         assert "TorchScript" in report["perceptual"][metric]["reason"]
-    assert report["beats"]["baselines"] == ["telea", "ns", "harmonic", "patchmatch"]
+    assert report["beats"]["baselines"] == ["telea", "ns", "harmonic", "patchmatch", "pypatchmatch"]
     assert report["beats"]["methods"]["grey"]["beats_all"] is False
     assert set(report["texture"]["methods"]) == {"grey", "batched_grey"}
     json.dumps(report, allow_nan=False)
@@ -451,6 +452,7 @@ def test_evaluate_methods_report(dataset: SimpleNamespace):
         "| hole ratio | Telea PSNR | Telea SSIM | Telea L1 % | Telea HF | Telea SWD | Navier-Stokes PSNR | NS SSIM "
         "| NS L1 % | NS HF | NS SWD | Harmonic PSNR | Harmonic SSIM | Harmonic L1 % | Harmonic HF | Harmonic SWD "
         "| PatchMatch PSNR | PatchMatch SSIM | PatchMatch L1 % | PatchMatch HF | PatchMatch SWD "
+        "| pypatchmatch PSNR | pypatchmatch SSIM | pypatchmatch L1 % | pypatchmatch HF | pypatchmatch SWD "
         "| grey PSNR | grey SSIM | grey L1 % | grey HF | grey SWD |"
     )
     assert table[2].startswith("| 0-10 %  | ") and len(table) == 4

@@ -5,9 +5,12 @@ Everything runs on small synthetic images; nothing reads the shared data folder 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
+from med_hf import patchmatch
 from med_hf.patchmatch import exemplar_fill, exemplar_fill_with_field
 
 RED = torch.tensor([0.9, 0.1, 0.1])
@@ -113,11 +116,12 @@ def test_fill_only_copies_known_colours():
     image = image[None]
     hole = box_hole(height, width, 10, 40, 16, 50)
     image = torch.where(hole.expand_as(image), torch.tensor([0.0, 1.0, 0.0])[:, None, None], image)
-    green_guide = torch.zeros_like(image)
-    green_guide[:, 1] = 1
-    for guide in (None, green_guide):
+    # A guide without green (its low frequencies do reach the fill: that is what a guide is for).
+    purple_guide = torch.zeros_like(image)
+    purple_guide[:, 0], purple_guide[:, 2] = 0.6, 0.4
+    for guide in (None, purple_guide):
         result, sources = exemplar_fill_with_field(image, hole, guide, generator=seeded())
-        assert result[:, 1].abs().max() < 1e-6, "a hole or guide colour was copied"
+        assert result[:, 1].abs().max() < 1e-6, "a hole colour was copied"
         assert_sources_valid(sources, hole, 7)
 
 
@@ -180,6 +184,71 @@ def test_guidance_weight_zero_ignores_the_guide_structure():
     weighted = exemplar_fill(image, hole, guide, guidance_weight=1.0, generator=seeded())
     unweighted = exemplar_fill(image, hole, guide, guidance_weight=0.0, generator=seeded())
     assert not torch.equal(weighted, unweighted)
+
+
+def test_fill_takes_the_guides_low_frequencies():
+    """A guide brighter than anything known: the copied texture cannot be that bright, the fill's local means are
+    (the structure correction), as far as the guidance weight says."""
+    image = textured_image(64, 64)
+    hole = box_hole(64, 64, 16, 48, 16, 48)
+    brighter = (image + 0.3).clamp(max=1)
+    inner = (slice(None), slice(None), slice(24, 40), slice(24, 40))
+
+    def inner_mean(guidance_weight: float) -> float:
+        fill = exemplar_fill(image, hole, brighter, guidance_weight=guidance_weight, generator=seeded())
+        return float(fill[inner].mean())
+
+    known_mean, guide_mean = float(image[inner].mean()), float(brighter[inner].mean())
+    assert abs(inner_mean(1.0) - guide_mean) < 0.05
+    assert abs(inner_mean(0.0) - known_mean) < 0.05
+    assert known_mean + 0.1 < inner_mean(0.5) < guide_mean - 0.1
+
+
+def random_level_and_field(seed: int) -> tuple[patchmatch._Level, patchmatch._Field, torch.Tensor]:
+    """A 20x24 level with a hole, every target matched to a random valid source, and random vote costs."""
+    generator = seeded(seed)
+    image = textured_image(20, 24, seed)[0]
+    known = ~box_hole(20, 24, 6, 13, 8, 17)[0, 0]
+    level = patchmatch._Level(torch.where(known, image, 0), known, None, 5)
+    sources = level.random_sources(len(level.targets), generator)
+    costs = 3 * torch.rand(len(level.targets), generator=generator)
+    return level, patchmatch._Field(level.targets, sources, costs), costs
+
+
+def brute_force_votes(level: patchmatch._Level, nnf: patchmatch._Field, costs: torch.Tensor, temperature: float):
+    """Every voter, by a plain loop over the patches covering it: (cheapest patch's value, weighted mean)."""
+    radius, width = level.patch_size // 2, level.width
+    pixels = level.image.flatten(1).T
+    index = {int(target): i for i, target in enumerate(nnf.targets)}
+    cheapest, weighted = [], []
+    for voter in nnf.targets.tolist():
+        row, column = divmod(voter, width)
+        covering = []
+        for d_row in range(-radius, radius + 1):
+            for d_column in range(-radius, radius + 1):
+                centre = (row - d_row) * width + (column - d_column)
+                inside = 0 <= row - d_row < level.height and 0 <= column - d_column < width
+                if inside and centre in index:
+                    i = index[centre]
+                    covering.append((float(costs[i]), pixels[int(nnf.sources[i]) + d_row * width + d_column]))
+        cheapest.append(min(covering, key=lambda pair: pair[0])[1])
+        weights = torch.tensor([math.exp(-cost / temperature) for cost, _ in covering], dtype=torch.float64)
+        values = torch.stack([value for _, value in covering]).double()
+        weighted.append(((weights[:, None] * values).sum(0) / weights.sum()).float())
+    return torch.stack(cheapest), torch.stack(weighted)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_votes_match_a_plain_loop_over_covering_patches(seed):
+    level, nnf, costs = random_level_and_field(seed)
+    pixels = level.image.flatten(1).T.contiguous()
+    cheapest, weighted = brute_force_votes(level, nnf, costs, 0.3)
+    torch.testing.assert_close(patchmatch._cheapest_votes(level, nnf, costs, pixels), cheapest, rtol=0, atol=0)
+    torch.testing.assert_close(patchmatch._weighted_votes(level, nnf, costs, pixels, 0.3), weighted)
+    # Cold: some voters' covering patches all cost hundreds of temperatures more than the level's cheapest, and
+    # still keep their relative weights (the float64 weights).
+    _, cold_weighted = brute_force_votes(level, nnf, costs, 0.01)
+    torch.testing.assert_close(patchmatch._weighted_votes(level, nnf, costs, pixels, 0.01), cold_weighted)
 
 
 # ------------------------------------------------------------------------------------------- edge cases

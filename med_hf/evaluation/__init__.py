@@ -1,7 +1,15 @@
 """The project's evaluation: the protocol (images, masks, the per-bucket driver), its metrics, the methods it
 compares and the report it writes. `training/evaluate.py` is the command line; its numbers are the README's."""
 
-from .baselines import CLASSICAL_BASELINES, PipelineInpainter, harmonic, is_classical, navier_stokes, telea
+from .baselines import (
+    CLASSICAL_BASELINES,
+    PipelineInpainter,
+    harmonic,
+    is_classical,
+    navier_stokes,
+    pypatchmatch,
+    telea,
+)
 from .metrics import (
     METRIC_FUNCTIONS,
     binomial_blur,
@@ -88,6 +96,7 @@ __all__ = [
     "protocol_mask_name",
     "protocol_mask_names",
     "psnr",
+    "pypatchmatch",
     "sliced_wasserstein_distance",
     "ssim",
     "swd_patches",

@@ -53,11 +53,30 @@ def patchmatch(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
     return (filled[0].permute(1, 2, 0) * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+# Patch radius of the `pypatchmatch` baseline: 7x7 patches, as in the texture issue's calibration.
+PYPATCHMATCH_RADIUS = 3
+
+
+def pypatchmatch(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """The `pypatchmatch` package (compiled PatchMatch inpainting, weighted-mean voting), 7x7 patches, seed 0: the
+    content-aware fill that the texture issue calibrates its bars with, measured on the same protocol.
+
+    Not in the protocol's reference table; needs `pip install pypatchmatch` (part of the `train` extra).
+    """
+    try:
+        from patchmatch import patch_match
+    except ImportError as error:
+        raise ImportError("the pypatchmatch baseline needs its package: pip install pypatchmatch") from error
+    patch_match.set_random_seed(0)
+    return patch_match.inpaint(image, hole.astype(np.uint8) * 255, patch_size=PYPATCHMATCH_RADIUS)
+
+
 CLASSICAL_BASELINES: dict[str, InpaintFn] = {
     "telea": telea,
     "ns": navier_stokes,
     "harmonic": harmonic,
     "patchmatch": patchmatch,
+    "pypatchmatch": pypatchmatch,
 }
 
 

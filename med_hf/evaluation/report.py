@@ -13,6 +13,7 @@ DISPLAY_NAMES = {
     "ns": ("Navier-Stokes", "NS"),
     "harmonic": ("Harmonic", "Harmonic"),
     "patchmatch": ("PatchMatch", "PatchMatch"),
+    "pypatchmatch": ("pypatchmatch", "pypatchmatch"),
 }
 
 
