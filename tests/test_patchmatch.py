@@ -187,8 +187,8 @@ def test_guidance_weight_zero_ignores_the_guide_structure():
 
 
 def test_fill_takes_the_guides_low_frequencies():
-    """A guide brighter than anything known: the copied texture cannot be that bright, the fill's local means are
-    (the structure correction), as far as the guidance weight says."""
+    """A guide brighter than anything known: the copied texture cannot be that bright, the fill's local means move
+    towards the guide's (the structure correction), as far as the guidance weight says."""
     image = textured_image(64, 64)
     hole = box_hole(64, 64, 16, 48, 16, 48)
     brighter = (image + 0.3).clamp(max=1)
@@ -198,10 +198,29 @@ def test_fill_takes_the_guides_low_frequencies():
         fill = exemplar_fill(image, hole, brighter, guidance_weight=guidance_weight, generator=seeded())
         return float(fill[inner].mean())
 
-    known_mean, guide_mean = float(image[inner].mean()), float(brighter[inner].mean())
-    assert abs(inner_mean(1.0) - guide_mean) < 0.05
+    known_mean = float(image[inner].mean())
     assert abs(inner_mean(0.0) - known_mean) < 0.05
-    assert known_mean + 0.1 < inner_mean(0.5) < guide_mean - 0.1
+    half, full = inner_mean(0.5), inner_mean(1.0)
+    assert known_mean + 0.05 < half < full - 0.05
+    assert full > known_mean + 0.12
+
+
+def test_structure_correction_has_no_seam():
+    """The correction towards the guide's low frequencies vanishes at the hole's edge (no outline of the hole) and
+    grows inside it."""
+    image = textured_image(64, 64)[0]
+    known = ~box_hole(64, 64, 16, 48, 16, 48)[0, 0]
+    guide = torch.where(known, image, (image + 0.3).clamp(max=1))
+    level = patchmatch._Level(torch.where(known, image, 0), known, guide, 7)
+    # A fill that already continues the known pixels: only the correction differs from it.
+    correction = patchmatch._correct_structure(level, image, 1.0) - image
+    assert torch.equal(correction[:, known], torch.zeros_like(correction[:, known]))
+    edge = torch.zeros_like(known)
+    edge[16:48, 16:48] = True
+    edge[17:47, 17:47] = False
+    centre = float(correction[:, 28:36, 28:36].mean())
+    assert centre > 0.1
+    assert float(correction[:, edge].abs().max()) < 0.15 * centre
 
 
 def random_level_and_field(seed: int) -> tuple[patchmatch._Level, patchmatch._Field, torch.Tensor]:
