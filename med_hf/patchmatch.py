@@ -95,13 +95,15 @@ CONFIDENCE_DECAY = 0.7
 CONFIDENCE_WEIGHT = 3.0
 # Vote costs measure squared distances in units of this quantile of the level's squared distances.
 VOTE_QUANTILE = 0.75
-# The last vote at full resolution is a weighted mean (Wexler et al.'s vote): every patch covering a hole pixel
-# votes with weight exp(-cost / VOTE_TEMPERATURE). Where the patches agree the texture stays as copied; where they
-# disagree the copy is uncertain and the mean hedges. On the 100 validation photos, against a winner-take-all last
-# vote (with the structure correction below, both then without their current refinements, VOTE_COLOUR_SCALE and
-# the seamless blend): PSNR +0.45-0.74 dB, HF 1.06-1.10 -> 0.72-0.77, SWD 56-109 -> 102-177,
-# and the unguided fill moves the same way (README.md, "Texture"). Colder votes trade PSNR for SWD along one front
-# (0.3 on 30 photos: -0.05 dB, SWD -6 %); coarser levels keep winner-take-all votes, so the structure they hand
+# The last vote at full resolution is a weighted mean (Wexler et al.'s vote): every patch covering a hole pixel votes
+# with weight exp(-cost / VOTE_TEMPERATURE), its cost being its confidence cost plus a colour cost scaled by this
+# temperature (`_weighted_vote_costs`): the temperature sets how much confidence counts, VOTE_COLOUR_SCALE how sharply
+# colour differences do. Where the patches agree the texture stays as copied; where they disagree the copy is
+# uncertain and the mean hedges. On the 100 validation photos, against a winner-take-all last vote (with the structure
+# correction below, both then without their current refinements, VOTE_COLOUR_SCALE and the seamless blend): PSNR
+# +0.45-0.74 dB, HF 1.06-1.10 -> 0.72-0.77, SWD 56-109 -> 102-177, and the unguided fill moves the same way
+# (README.md, "Texture"). With the colour costs then relative to the level, colder votes traded PSNR for SWD along one
+# front (0.3 on 30 photos: -0.05 dB, SWD -6 %); coarser levels keep winner-take-all votes, so the structure they hand
 # down stays crisp: a weighted mean there too scored lower on both PSNR and SWD.
 VOTE_TEMPERATURE = 0.4
 # The weighted vote computes its weights in float64, relative to the level's cheapest patch, so that every
