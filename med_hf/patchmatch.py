@@ -794,8 +794,8 @@ def _correct_structure(level: _Level, fill: torch.Tensor, strength: float) -> to
     """
     everywhere = torch.ones_like(level.known)
     difference = _low_pass(level.guide - fill, everywhere, STRUCTURE_CORRECTION_SIGMA)
-    on_known = torch.where(level.known, difference, torch.zeros((), dtype=difference.dtype, device=difference.device))
-    seamless = difference - _seam_correction(on_known, level.known)
+    # The membrane reads only the known pixels' values.
+    seamless = difference - _seam_correction(difference, level.known)
     return torch.where(level.known, fill, fill + strength * seamless)
 
 
