@@ -46,26 +46,39 @@ from med_hf.evaluation import (
     CLASSICAL_BASELINES,
     NUM_BUCKETS,
     InpaintFn,
+    IrregularMasks,
+    MaskSet,
     PipelineInpainter,
     evaluate_methods,
     list_images,
     load_torchscript,
-    mask_path,
     protocol_image,
 )
 from med_hf.evaluation.figures import comparison_grid, figure_png, plot_metrics
+from med_hf.evaluation.object_masks import ObjectMasks
 from med_hf.evaluation.report import markdown_report
 from med_hf.pipeline_med import DEFAULT_TEXTURE, TEXTURES, MEDInpaintPipeline
+
+MASK_SETS = ("irregular", "objects")
+MASK_SET_BUCKETS = {"irregular": IrregularMasks.buckets, "objects": ObjectMasks.buckets}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--val_dir", type=Path, required=True, help="Folder of validation images.")
     parser.add_argument(
-        "--mask_dir",
+        "--masks",
+        choices=MASK_SETS,
+        default="irregular",
+        help="Hole set: the protocol's irregular masks (--mask_dir, 6 buckets) or object shapes from human "
+        "segmentations (--segmentation_dir, buckets 0-10/10-20/20-30 %%).",
+    )
+    parser.add_argument("--mask_dir", type=Path, help="Folder of the irregular test masks 00000.png … 11999.png.")
+    parser.add_argument(
+        "--segmentation_dir",
         type=Path,
-        required=True,
-        help="Folder of the irregular test masks 00000.png … 11999.png.",
+        help="Folder of the train human segmentations <photo id>_<annotator>.png (16-bit label maps) that the "
+        "object-hole set takes its shapes from.",
     )
     parser.add_argument(
         "--model",
@@ -93,8 +106,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         nargs="+",
         choices=range(NUM_BUCKETS),
-        default=list(range(NUM_BUCKETS)),
-        help="Hole-ratio buckets (0 = 0-10 %% holes … 5 = 50-60 %%).",
+        default=None,
+        help="Hole-ratio buckets (0 = 0-10 %% holes … 5 = 50-60 %%); default: all of the hole set's.",
     )
     parser.add_argument("--max_images", type=int, default=None, help="Evaluate only the first N images.")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/evaluation"))
@@ -113,8 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--image_bucket",
         type=int,
         choices=range(NUM_BUCKETS),
-        default=3,
-        help="Bucket of the comparison grid.",
+        default=None,
+        help="Bucket of the comparison grid (default: the hole set's largest, at most 30-40 %%).",
     )
     args = parser.parse_args(argv)
 
@@ -135,9 +148,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"model name(s) {clashes} clash with baseline names; name them with NAME=PATH.")
     if not args.model and not args.baselines:
         parser.error("nothing to evaluate: give --model and/or --baselines.")
-    for name in ("val_dir", "mask_dir"):
+    folder = "mask_dir" if args.masks == "irregular" else "segmentation_dir"
+    for name in ("val_dir", folder):
+        if getattr(args, name) is None:
+            parser.error(f"--masks {args.masks} needs --{name}.")
         if not getattr(args, name).is_dir():
             parser.error(f"--{name} {str(getattr(args, name))!r} does not exist or is not a folder.")
+    set_buckets = MASK_SET_BUCKETS[args.masks]
+    args.buckets = list(set_buckets) if args.buckets is None else args.buckets
+    if args.image_bucket is None:
+        args.image_bucket = min(set_buckets[-1], 3)
+    outside = sorted((set(args.buckets) | {args.image_bucket}) - set(set_buckets))
+    if outside:
+        parser.error(f"--masks {args.masks} has buckets {list(set_buckets)}, not {outside}.")
     if args.max_images is not None and args.max_images < 1:
         parser.error("--max_images must be at least 1.")
     return args
@@ -171,6 +194,13 @@ def warn_perceptual_skipped(args: argparse.Namespace) -> None:
         )
 
 
+def mask_set(args: argparse.Namespace) -> MaskSet:
+    """The hole set that ``--masks`` names."""
+    if args.masks == "objects":
+        return ObjectMasks(args.segmentation_dir)
+    return IrregularMasks(args.mask_dir)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     warn_perceptual_skipped(args)
@@ -179,12 +209,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     try:
         paths = list_images(args.val_dir)[: args.max_images]
-        # Fail before any work if a mask is missing, not after an hour of evaluation.
-        grid_buckets = [args.image_bucket] if args.save_images > 0 else []
-        for index in range(len(paths)):
-            for bucket in {*args.buckets, *grid_buckets}:
-                mask_path(args.mask_dir, index, bucket)
-    except FileNotFoundError as error:
+        masks = mask_set(args)
+        if isinstance(masks, IrregularMasks):
+            grid_buckets = [args.image_bucket] if args.save_images > 0 else []
+            masks.check(len(paths), {*args.buckets, *grid_buckets})
+    except (FileNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
     images = [protocol_image(path) for path in paths]
 
@@ -198,12 +227,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lpips_model = load_torchscript(args.lpips_model, device) if args.lpips_model else None
 
     report = evaluate_methods(
-        methods, images, args.mask_dir, args.buckets, fid_extractor=fid_extractor, lpips_model=lpips_model
+        methods, images, masks, args.buckets, fid_extractor=fid_extractor, lpips_model=lpips_model
     )
     report["data"] = {
         "val_dir": str(args.val_dir),
         "val_dir_name": args.val_dir.name,
-        "mask_dir": str(args.mask_dir),
+        **({"mask_dir": str(args.mask_dir)} if args.masks == "irregular" else {}),
+        **({"segmentation_dir": str(args.segmentation_dir)} if args.masks == "objects" else {}),
         "images": [path.name for path in paths],
     }
     report["models"] = args.model
@@ -219,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.output_dir.mkdir(parents=True, exist_ok=True)
     if args.save_images > 0:
         count = min(args.save_images, len(images))
-        grid = comparison_grid(methods, images[:count], args.mask_dir, args.image_bucket)
+        grid = comparison_grid(methods, images[:count], masks, args.image_bucket)
         write_bytes(args.output_dir / "examples.png", figure_png(grid))
     else:
         # A grid left by an earlier run would not match this report.

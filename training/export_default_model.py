@@ -6,9 +6,11 @@
 
 Writes, replacing the folder only once everything is ready: `config.json`, `model.safetensors` with fp16
 weights (the model still computes in float32: `from_pretrained` upcasts them to the config's dtype),
-`training_record.json`, `README.md` (the model card with the training record and the evaluation table) and the
-pictures found in the evaluation folder (`metrics.png`, `examples.png`, and `texture_examples.png` /
-`texture_crops.png` from `training/texture_figures.py`). `--refresh` keeps the shipped weights and training record
+`training_record.json`, `README.md` (the model card with the training record and the evaluation tables) and the
+pictures found in the evaluation folder (`metrics.png`, `examples.png`, `texture_examples.png` /
+`texture_crops.png` from `training/texture_figures.py`, `removal_examples.png` from `training/removal_figures.py`).
+The object-hole evaluation (`training/evaluate.py --masks objects`) is read from `OBJECTS_SUBFOLDER` of the
+evaluation folder when it is there. `--refresh` keeps the shipped weights and training record
 and rebuilds only the card and pictures from a new evaluation (e.g. after the pipeline changed).
 """
 
@@ -44,6 +46,8 @@ DATA = (
 MACHINE = "on 2 CPU cores (torch 2.13.0)"
 RECORD_NAME = "training_record.json"
 PICTURES = (*CARD_PICTURES, "examples.png")
+# Where the object-hole evaluation's report lies inside the evaluation folder.
+OBJECTS_SUBFOLDER = "objects"
 
 
 def default_model_record(run_dir: Path) -> dict[str, str]:
@@ -86,6 +90,7 @@ def _write_card(folder: Path, eval_dir: Path, record: dict[str, str]) -> None:
     for picture in PICTURES:
         if (eval_dir / picture).is_file():
             shutil.copy(eval_dir / picture, folder / picture)
+    objects = eval_dir / OBJECTS_SUBFOLDER / "report.json"
     write_model_card(
         folder,
         repo_id="med-hf/medfe-default",
@@ -93,6 +98,7 @@ def _write_card(folder: Path, eval_dir: Path, record: dict[str, str]) -> None:
         description=DESCRIPTION,
         training=record,
         evaluation=json.loads((eval_dir / "report.json").read_text()),
+        object_evaluation=json.loads(objects.read_text()) if objects.is_file() else None,
     )
 
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from .protocol import bucket_label, keep_known, mask_path, masked_input, protocol_mask
+from .protocol import MaskSet, as_mask_set, bucket_label, keep_known, masked_input
 from .report import DISPLAY_NAMES, bucket_metric
 
 if TYPE_CHECKING:
@@ -74,13 +74,16 @@ def plot_metrics(report: dict[str, Any]) -> Figure:
     return figure
 
 
-def comparison_grid(methods: dict[str, InpaintFn], images: list[np.ndarray], mask_dir: Path, bucket: int) -> Figure:
+def comparison_grid(
+    methods: dict[str, InpaintFn], images: list[np.ndarray], masks: MaskSet | Path, bucket: int
+) -> Figure:
     """Rows of (input with the hole in white, each method's composite, ground truth) for ``images``."""
+    masks = as_mask_set(masks)
     columns = ["input (hole in white)", *methods, "ground truth"]
     figure = Figure(figsize=(2.6 * len(columns), 2.6 * len(images) + 0.4), layout="constrained")
     axes = figure.subplots(len(images), len(columns), squeeze=False)
     for index, (row, image) in enumerate(zip(axes, images, strict=True)):
-        hole = protocol_mask(mask_path(mask_dir, index, bucket))
+        hole = masks.hole(index, bucket)
         tiles = [np.where(hole[..., None], np.uint8(255), image)]
         tiles += [keep_known(image, fn(masked_input(image, hole), hole), hole) for fn in methods.values()]
         tiles.append(image)

@@ -261,7 +261,8 @@ def swd_patches(pyramid: Sequence[np.ndarray], centres: Sequence[np.ndarray]) ->
     for level, level_centres in zip(pyramid, centres, strict=True):
         rows = level_centres[:, 0, None, None] + _PATCH_OFFSETS[None, :, None]
         cols = level_centres[:, 1, None, None] + _PATCH_OFFSETS[None, None, :]
-        patches.append(level[rows, cols].reshape(len(level_centres), -1))
+        # An object hole may be too small to hold a patch centre at a coarse level: then no patch, (0, 147).
+        patches.append(level[rows, cols].reshape(len(level_centres), SWD_PATCH_DIM))
     return patches
 
 

@@ -160,6 +160,39 @@ def protocol_mask(path: str | os.PathLike, size: int = IMAGE_SIZE) -> np.ndarray
     return np.asarray(Image.fromarray(hole).resize((size, size), Image.Resampling.NEAREST))
 
 
+class MaskSet(Protocol):
+    """Where an evaluation's holes come from: one bool (256, 256) hole per (image index, bucket)."""
+
+    buckets: Sequence[int]
+    description: str
+
+    def hole(self, image_index: int, bucket: int) -> np.ndarray: ...
+
+
+class IrregularMasks:
+    """The protocol's irregular-hole set (step 2 above): the test masks of Liu et al. 2018 in ``mask_dir``."""
+
+    buckets = tuple(range(NUM_BUCKETS))
+    description = PROTOCOL["mask"]
+
+    def __init__(self, mask_dir: str | os.PathLike) -> None:
+        self.mask_dir = Path(mask_dir)
+
+    def check(self, num_images: int, buckets: Iterable[int]) -> None:
+        """Raise FileNotFoundError now if a mask the evaluation will need is missing (not after an hour)."""
+        for index in range(num_images):
+            for bucket in buckets:
+                mask_path(self.mask_dir, index, bucket)
+
+    def hole(self, image_index: int, bucket: int) -> np.ndarray:
+        return protocol_mask(mask_path(self.mask_dir, image_index, bucket))
+
+
+def as_mask_set(masks: MaskSet | str | os.PathLike) -> MaskSet:
+    """A mask set as given, or the irregular set of a mask folder."""
+    return IrregularMasks(masks) if isinstance(masks, str | os.PathLike) else masks
+
+
 def bucket_label(bucket: int) -> str:
     """Hole-ratio range of a bucket as written in the protocol's tables, e.g. ``"10-20 %"``."""
     return f"{bucket * 10}-{bucket * 10 + 10} %"
@@ -195,8 +228,8 @@ def _run(fn: InpaintFn, images: np.ndarray, holes: np.ndarray) -> np.ndarray:
 def evaluate_methods(
     methods: Mapping[str, InpaintFn],
     images: Sequence[np.ndarray],
-    mask_dir: str | os.PathLike,
-    buckets: Iterable[int] = range(NUM_BUCKETS),
+    masks: MaskSet | str | os.PathLike,
+    buckets: Iterable[int] | None = None,
     progress: bool = True,
     fid_extractor: torch.nn.Module | None = None,
     lpips_model: torch.nn.Module | None = None,
@@ -208,8 +241,9 @@ def evaluate_methods(
             all others as learned methods (they enter the ``"beats"`` summary).
         images: preprocessed uint8 RGB (256, 256, 3) images (see :func:`protocol_image`) in protocol order: the
             position in the sequence selects the masks.
-        mask_dir: folder of the irregular test masks ``00000.png`` … ``11999.png``.
-        buckets: hole-ratio buckets to evaluate (0 = 0-10 % holes … 5 = 50-60 %).
+        masks: the holes (:class:`IrregularMasks`, the object set of :mod:`.object_masks`), or a folder of the
+            irregular test masks ``00000.png`` … ``11999.png``.
+        buckets: hole-ratio buckets to evaluate (0 = 0-10 % holes … 5 = 50-60 %); default: all of the set's.
         progress: show a progress bar over images.
         fid_extractor: optional network mapping (B, 3, 299, 299) in [0, 1] to (B, D) features.
         lpips_model: optional network mapping two (B, 3, H, W) batches in [-1, 1] to B distances.
@@ -226,7 +260,8 @@ def evaluate_methods(
     patches kept for SWD are bounded: at most 64 per image and pyramid level, 147 float64 values each, for
     the ground truth once and for every method (about 22 MB per method and bucket for 100 images).
     """
-    buckets = list(buckets)
+    masks = as_mask_set(masks)
+    buckets = list(masks.buckets if buckets is None else buckets)
     if not methods:
         raise ValueError("No method to evaluate.")
     if not images:
@@ -253,7 +288,7 @@ def evaluate_methods(
                 f"Images must be uint8 ({IMAGE_SIZE}, {IMAGE_SIZE}, 3) (see protocol_image), got {targets.dtype} "
                 f"{targets.shape[1:]}."
             )
-        holes = np.stack([protocol_mask(mask_path(mask_dir, index, bucket)) for index, bucket in items])
+        holes = np.stack([masks.hole(index, bucket) for index, bucket in items])
         inputs = np.stack([masked_input(target, hole) for target, hole in zip(targets, holes, strict=True)])
         for (_, bucket), hole in zip(items, holes, strict=True):
             hole_ratios[bucket].append(float(hole.mean()))
@@ -318,7 +353,7 @@ def evaluate_methods(
         return entry
 
     report: dict[str, Any] = {
-        "protocol": PROTOCOL,
+        "protocol": {**PROTOCOL, "mask": masks.description},
         "num_images": len(images),
         "buckets": [
             {"bucket": bucket, "label": bucket_label(bucket), "hole_ratio": _mean_std(hole_ratios[bucket])}

@@ -15,9 +15,12 @@ TEMPLATE = Path(__file__).parent / "templates" / "MODEL_CARD.md"
 ORIGINAL_WEIGHTS_LICENSE = "cc-by-nc-sa-4.0"
 EVALUATE_SCRIPT_URL = "https://github.com/med-hf/med-hf/blob/main/training/evaluate.py"
 TAGS = ["inpainting", "image-inpainting", "partial-convolution", "medfe", "med-hf"]
-# Pictures a model folder may hold (`training/evaluate.py`, `training/texture_figures.py`), shown in its card in
+# Pictures a model folder may hold (`training/evaluate.py`, `training/texture_figures.py`,
+# `training/removal_figures.py`), shown in its card in
 # this order with these captions.
 CARD_PICTURES = {
+    "removal_examples.png": "Real removals on validation photos at their own size (one of their own objects painted "
+    "out): input, the default fill, content-aware fill (pypatchmatch), the smooth fill and Telea",
     "texture_examples.png": "Validation photos: input, the network's smooth fill, the texture fill (the default) "
     "and the ground truth",
     "texture_crops.png": "Full-resolution crops of two photos, input, smooth fill, texture fill and photo: where "
@@ -67,6 +70,7 @@ def render_model_card(
     description: str = "",
     training: Mapping[str, Any] | None = None,
     evaluation: Mapping[str, Any] | None = None,
+    object_evaluation: Mapping[str, Any] | None = None,
     weights_license: str = ORIGINAL_WEIGHTS_LICENSE,
     pictures: Sequence[str] = (),
 ) -> ModelCard:
@@ -74,7 +78,8 @@ def render_model_card(
 
     `training` fills the Training section, one line per entry: the run's record
     (`med_hf.training.record.training_record`), which holds no secret and no local path. `pictures` (names of
-    `CARD_PICTURES`, files beside the card) are shown after the evaluation.
+    `CARD_PICTURES`, files beside the card) are shown after the evaluation. `object_evaluation`, a report of the
+    object-hole set (`training/evaluate.py --masks objects`), gets a table of its own.
     """
     card_data = ModelCardData(
         license=weights_license,
@@ -94,7 +99,11 @@ def render_model_card(
         model_details=_model_details(config),
         training_details=_training_details(training),
         evaluation_details="\n\n".join(
-            [_evaluation_details(evaluation), *(f"![{CARD_PICTURES[name]}]({name})" for name in pictures)]
+            [
+                _evaluation_details(evaluation),
+                *([_object_evaluation_details(object_evaluation)] if object_evaluation else []),
+                *(f"![{CARD_PICTURES[name]}]({name})" for name in pictures),
+            ]
         ),
         weights_license=weights_license,
     )
@@ -147,6 +156,19 @@ def _evaluation_details(evaluation: Mapping[str, Any] | None) -> str:
         "centre-cropped and resized to 256x256, one irregular mask (Liu et al. 2018) per photo and hole-ratio "
         "bucket; the known pixels are kept, metrics on the whole image. OpenCV Telea and Navier-Stokes "
         "(radius 3) are run in the same evaluation.\n\n"
+        + markdown_table(evaluation)
+        + "\n\n"
+        + "\n".join(f"- {line}" for line in verdict_lines(evaluation))
+    )
+
+
+def _object_evaluation_details(evaluation: Mapping[str, Any]) -> str:
+    from ..evaluation import markdown_table, verdict_lines
+
+    return (
+        f"Object removal (`training/evaluate.py --masks objects`): the same {evaluation['num_images']} photos, each "
+        "with the shape of an object from the BSDS500 train segmentations (dilated by a 9x9 brush) as its hole, "
+        "per hole-ratio bucket; the photo under the hole is known.\n\n"
         + markdown_table(evaluation)
         + "\n\n"
         + "\n".join(f"- {line}" for line in verdict_lines(evaluation))
