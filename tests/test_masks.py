@@ -204,7 +204,8 @@ def test_mask_sampler_respects_ratios(tmp_path):
     _save(tmp_path / "checker.png", checker * 255)
     folder = MaskFolder(tmp_path, zoom_range=(1.0, 1.0))
     sampler = MaskSampler({"free_form": 0.5, "box": 0.1, "folder": 0.4}, folder=folder)
-    assert sampler.probabilities == pytest.approx({"free_form": 0.5, "box": 0.1, "centre_box": 0.0, "folder": 0.4})
+    expected = {"free_form": 0.5, "box": 0.1, "centre_box": 0.0, "folder": 0.4, "objects": 0.0}
+    assert sampler.probabilities == pytest.approx(expected)
 
     rng = np.random.default_rng(0)
     counts = {name: 0 for name in MaskSampler.SOURCES}
@@ -300,3 +301,30 @@ def test_training_excludes_the_evaluation_masks_by_name(tmp_path):
     assert len(masks) == 39
     rng = np.random.default_rng(0)
     assert all(masks.sample(8, 8, rng).sum() == 0 for _ in range(50))
+
+
+def test_object_shapes_are_dilated_object_regions(tmp_path):
+    """The 'objects' source: an object region of a label map (never the background that fills the border), where it
+    lies in its photo, grown by an odd brush, flipped or not."""
+    from med_hf.training.masks import ObjectShapes
+
+    labels = np.ones((60, 90), np.uint16)
+    labels[40:] = 2  # ground: touches much of the border, not an object
+    labels[20:30, 10:25] = 3  # an object left of the centre
+    Image.fromarray(labels).save(tmp_path / "1_0.png")
+    shapes = ObjectShapes(tmp_path, max_dilation=5)
+    rng = np.random.default_rng(0)
+    masks = [shapes.sample(60, 90, rng) for _ in range(40)]
+    for mask in masks:
+        assert mask.dtype == np.float32 and mask.shape == (60, 90) and set(np.unique(mask)) <= {0.0, 1.0}
+        rows, columns = np.nonzero(mask)
+        assert 18 <= rows.min() <= 20 and 29 <= rows.max() <= 31  # the object's rows, grown by 0-2 px
+        assert (columns.max() < 45) != (columns.min() > 45)  # left as drawn, or mirrored to the right
+    assert {masks[k].sum() for k in range(40)} != {masks[0].sum()}  # brushes of several sizes
+    assert any(mask[:, :45].any() for mask in masks) and any(mask[:, 45:].any() for mask in masks)
+    again = np.random.default_rng(0)
+    assert all(np.array_equal(mask, shapes.sample(60, 90, again)) for mask in masks)
+    sampler = MaskSampler({"objects": 1.0}, objects=shapes)
+    assert sampler.sample_with_source(32, 48, rng)[1] == "objects"
+    with pytest.raises(ValueError, match="needs `objects`"):
+        MaskSampler({"objects": 1.0})

@@ -454,3 +454,26 @@ def test_export_refresh_rebuilds_the_card_and_pictures_and_keeps_the_weights(tmp
     assert card.index("](texture_examples.png)") < card.index("](texture_crops.png)") < card.index("](metrics.png)")
     with pytest.raises(FileNotFoundError):
         export.refresh(eval_dir, tmp_path / "no-such-model")
+
+
+def test_object_shapes_mask_source(tmp_path: Path):
+    """--mask_ratios objects=... draws object shapes from --segmentation_dir, refuses without it, and the training
+    record names where the shapes came from."""
+    train = load_script(TRAIN)
+    labels = np.ones((40, 60), np.uint16)
+    labels[25:] = 2
+    labels[10:18, 20:30] = 3
+    segmentations = tmp_path / "segmentations" / "train"
+    segmentations.mkdir(parents=True)
+    Image.fromarray(labels).save(segmentations / "7_0.png")
+    required = ["--output_dir", str(tmp_path / "out"), "--train_data_dir", str(tmp_path)]
+    args = train.parse_args([*required, "--mask_ratios", "objects=1", "--segmentation_dir", str(segmentations)])
+    mask, source = train.build_mask_sampler(args).sample_with_source(40, 60, np.random.default_rng(0))
+    assert source == "objects" and (mask[14, 25] == 1 or mask[14, 34] == 1) and mask[35, 5] == 0  # maybe mirrored
+    with pytest.raises(SystemExit, match="needs --segmentation_dir"):
+        train.build_mask_sampler(train.parse_args([*required, "--mask_ratios", "objects=1"]))
+    run = tmp_path / "run"
+    run.mkdir()
+    arguments = {"segmentation_dir": str(segmentations), "train_data_dir": "data/bsds500/train"}
+    write_training_arguments(run, arguments, num_processes=1)
+    assert training_record(run)["data"] == "bsds500/train, object shapes from segmentations/train"

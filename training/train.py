@@ -69,7 +69,7 @@ from med_hf.training.losses import (
     relativistic_discriminator_loss,
     relativistic_generator_loss,
 )
-from med_hf.training.masks import MaskFolder, MaskSampler
+from med_hf.training.masks import MaskFolder, MaskSampler, ObjectShapes
 from med_hf.training.record import is_secret, training_record, write_training_arguments
 from med_hf.training.rtv import BORDERS, DEFAULT_BORDER
 
@@ -95,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--mask_exclude_eval", type=int, default=0, metavar="N",
                       help="never train on the masks the evaluation protocol uses for N validation images")  # fmt: skip
     data.add_argument("--mask_ratios", default="free_form=0.5,box=0.1,folder=0.4",
-                      help="mix of mask sources: free_form, box, centre_box, folder")  # fmt: skip
+                      help="mix of mask sources: free_form, box, centre_box, folder, objects")  # fmt: skip
+    data.add_argument("--segmentation_dir",
+                      help="train label maps <photo id>_<annotator>.png whose object shapes the 'objects' source "
+                      "draws (BSDS500 segmentations/train)")  # fmt: skip
     data.add_argument("--structure_cache_dir", help="disk cache of RTV structure images (default: memory only)")
     data.add_argument(
         "--structure_border",
@@ -198,7 +201,10 @@ def build_mask_sampler(args: argparse.Namespace) -> MaskSampler:
     elif weights.get("folder"):
         logger.warning("no --mask_dir: the 'folder' share of --mask_ratios is dropped")
         weights.pop("folder")
-    return MaskSampler(weights, folder=folder)
+    objects = ObjectShapes(args.segmentation_dir) if args.segmentation_dir else None
+    if objects is None and weights.get("objects"):
+        raise SystemExit("error: the 'objects' share of --mask_ratios needs --segmentation_dir")
+    return MaskSampler(weights, folder=folder, objects=objects)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from ..image_processing_med import prepare_mask
 __all__ = [
     "MaskFolder",
     "MaskSampler",
+    "ObjectShapes",
     "box_mask",
     "free_form_mask",
 ]
@@ -238,13 +239,58 @@ class MaskFolder:
         return (np.asarray(image) > 127).astype(np.float32)
 
 
+class ObjectShapes:
+    """Holes shaped like the objects users remove: regions of human segmentations (BSDS500's 16-bit label maps).
+
+    Sampling picks a label map uniformly, then one of its object regions (at most OBJECT_BORDER_FRACTION of the
+    border, the evaluation's rule in `med_hf.evaluation.object_masks`), flips it horizontally with probability 1/2,
+    resizes the whole map to the requested size with nearest neighbours (the object stays where it was in its
+    photo) and dilates it by a random elliptical brush of 1-``max_dilation`` pixels, as a user's brush covers the
+    object's edge. Train on the *train* segmentations only: the evaluation's object holes come from them too but
+    lie on the *val* photos, which training never sees.
+
+    Args:
+        root: folder of ``<photo id>_<annotator>.png`` label maps.
+        max_dilation: largest brush side in pixels of the requested size.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], max_dilation: int = 9) -> None:
+        from ..evaluation.object_masks import label_maps
+
+        self.files = [path for paths in label_maps(root).values() for path in paths]
+        if max_dilation < 1:
+            raise ValueError(f"`max_dilation` must be at least 1, got {max_dilation}.")
+        self.max_dilation = max_dilation
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def sample(self, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+        """An object-shaped hole, ``float32`` ``(height, width)`` in ``{0, 1}`` (all known if the map has no object;
+        `MaskSampler` redraws such masks)."""
+        from ..evaluation.object_masks import dilate, object_regions, read_labels
+
+        _check_size(height, width)
+        labels = read_labels(self.files[int(rng.integers(len(self.files)))])
+        regions = object_regions(labels)
+        if not regions:
+            return np.zeros((height, width), np.float32)
+        region = regions[int(rng.integers(len(regions)))]
+        if rng.random() < 0.5:
+            region = region[:, ::-1]
+        image = Image.fromarray(np.ascontiguousarray(region, dtype=np.uint8) * 255)
+        hole = np.asarray(image.resize((width, height), Image.Resampling.NEAREST)) > 127
+        return dilate(hole, 2 * int(rng.integers(self.max_dilation // 2 + 1)) + 1).astype(np.float32)
+
+
 class MaskSampler:
     """Mixes mask sources with fixed probabilities.
 
     Sources are ``"free_form"`` (``free_form_mask``), ``"box"`` (random ``box_mask``), ``"centre_box"``
-    (``box_mask(centre=True)``) and ``"folder"`` (``folder.sample``). Weights are normalised to
-    probabilities. A sampled mask that is all known or all hole is redrawn from the same source (so the mix
-    stays exact), at most ``max_tries`` times: such masks make the masked losses empty or the task void.
+    (``box_mask(centre=True)``), ``"folder"`` (``folder.sample``) and ``"objects"`` (``objects.sample``).
+    Weights are normalised to probabilities. A sampled mask that is all known or all hole is redrawn from the same
+    source (so the mix stays exact), at most ``max_tries`` times: such masks make the masked losses empty or the task
+    void.
 
     Example::
 
@@ -257,18 +303,20 @@ class MaskSampler:
     Args:
         weights: non-negative weight per source name; missing sources get weight 0.
         folder: the ``MaskFolder`` of the ``"folder"`` source; required when its weight is positive.
+        objects: the ``ObjectShapes`` of the ``"objects"`` source; required when its weight is positive.
         free_form_kwargs: keyword arguments for ``free_form_mask``.
         box_kwargs: keyword arguments for the random ``box_mask``.
         centre_scale: side of the ``"centre_box"`` hole as a fraction of the image side.
         max_tries: draws per sample before giving up on getting a mask with both holes and known pixels.
     """
 
-    SOURCES = ("free_form", "box", "centre_box", "folder")
+    SOURCES = ("free_form", "box", "centre_box", "folder", "objects")
 
     def __init__(
         self,
         weights: Mapping[str, float],
         folder: MaskFolder | None = None,
+        objects: ObjectShapes | None = None,
         *,
         free_form_kwargs: Mapping[str, Any] | None = None,
         box_kwargs: Mapping[str, Any] | None = None,
@@ -285,10 +333,13 @@ class MaskSampler:
             raise ValueError(f"Mask source weights must have a positive sum, got {dict(weights)}.")
         if weights.get("folder", 0.0) > 0 and folder is None:
             raise ValueError("A positive 'folder' weight needs a `folder` (MaskFolder).")
+        if weights.get("objects", 0.0) > 0 and objects is None:
+            raise ValueError("A positive 'objects' weight needs `objects` (ObjectShapes).")
         if max_tries < 1:
             raise ValueError(f"`max_tries` must be at least 1, got {max_tries}.")
         self.probabilities = dict(zip(self.SOURCES, (values / values.sum()).tolist(), strict=True))
         self.folder = folder
+        self.objects = objects
         self.free_form_kwargs = dict(free_form_kwargs or {})
         self.box_kwargs = dict(box_kwargs or {})
         self.centre_scale = centre_scale
@@ -301,6 +352,8 @@ class MaskSampler:
             return box_mask(height, width, rng, **self.box_kwargs)
         if source == "centre_box":
             return box_mask(height, width, rng, centre=True, scale=self.centre_scale)
+        if source == "objects":
+            return self.objects.sample(height, width, rng)
         return self.folder.sample(height, width, rng)
 
     def sample_with_source(self, height: int, width: int, rng: np.random.Generator) -> tuple[np.ndarray, str]:

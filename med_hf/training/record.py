@@ -48,7 +48,7 @@ BOOKKEEPING_OPTIONS = frozenset(
     }
 )
 # Named by the record's "data" line instead.
-DATA_OPTIONS = frozenset({"dataset_name", "dataset_config_name", "train_data_dir", "mask_dir"})
+DATA_OPTIONS = frozenset({"dataset_name", "dataset_config_name", "train_data_dir", "mask_dir", "segmentation_dir"})
 
 
 def is_secret(option: str) -> bool:
@@ -196,10 +196,12 @@ def _data_text(arguments: Mapping[str, Any]) -> str | None:
             photos += f" of {public_name(str(arguments['train_data_dir']))}"
     elif arguments.get("train_data_dir"):
         photos = public_name(str(arguments["train_data_dir"]))
-    if arguments.get("mask_dir"):
-        masks = f"masks from {public_name(str(arguments['mask_dir']))}"
-        return f"{photos}, {masks}" if photos else masks
-    return photos
+    sources = [
+        f"{what} from {public_name(str(arguments[option]))}"
+        for option, what in (("mask_dir", "masks"), ("segmentation_dir", "object shapes"))
+        if arguments.get(option)
+    ]
+    return ", ".join(filter(None, [photos, *sources])) or None
 
 
 def _batch_text(arguments: Mapping[str, Any]) -> str | None:
