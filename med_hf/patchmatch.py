@@ -80,8 +80,8 @@ MIN_COARSE_PATCH = 3
 # full-resolution level FULL_RESOLUTION_ITERATIONS.
 COARSEST_ITERATIONS = 6
 FINEST_ITERATIONS = 2
-# The full-resolution level starts from a field already settled at half resolution: one iteration there costs
-# 0.1 dB PSNR and 1-3 % SWD against two on the validation photos, and saves 15-20 % of the time.
+# The full-resolution level starts from a field already settled at half resolution, so one iteration does (a
+# second buys 0.1 dB for 15-20 % more time: docs/texture_experiments.md).
 FULL_RESOLUTION_ITERATIONS = 1
 # Random search radius at the finer levels (the coarsest level searches all of itself).
 FINE_SEARCH_RADIUS = 8
@@ -90,21 +90,19 @@ JUMP_STEPS = (8, 4, 2, 1)
 # A source that continues a neighbour's offset counts as this much closer.
 COHERENCE_BONUS = 0.2
 # Confidence of a hole pixel: CONFIDENCE_DECAY ** (distance to the nearest known pixel); a patch's confidence is
-# the mean over its pixels, and costs it CONFIDENCE_WEIGHT * -log(confidence) in the vote.
+# the mean over its pixels, and costs it CONFIDENCE_WEIGHT * -log(confidence) in the vote. A strong weight lets the
+# patches that see known pixels decide, so the weighted last vote copies their texture instead of averaging it with
+# the guesses deep in the hole (docs/texture_experiments.md: HF 0.68-0.82 -> 0.75-0.97 on object holes).
 CONFIDENCE_DECAY = 0.7
-CONFIDENCE_WEIGHT = 3.0
+CONFIDENCE_WEIGHT = 10.0
 # Vote costs measure squared distances in units of this quantile of the level's squared distances.
 VOTE_QUANTILE = 0.75
 # The last vote at full resolution is a weighted mean (Wexler et al.'s vote): every patch covering a hole pixel votes
 # with weight exp(-cost / VOTE_TEMPERATURE), its cost being its confidence cost plus a colour cost scaled by this
 # temperature (`_weighted_vote_costs`): the temperature sets how much confidence counts, VOTE_COLOUR_SCALE how sharply
-# colour differences do. Where the patches agree the texture stays as copied; where they disagree the copy is
-# uncertain and the mean hedges. On the 100 validation photos, against a winner-take-all last vote (with the structure
-# correction below, both then without their current refinements, VOTE_COLOUR_SCALE and the seamless blend): PSNR
-# +0.45-0.74 dB, HF 1.06-1.10 -> 0.72-0.77, SWD 56-109 -> 102-177, and the unguided fill moves the same way
-# (README.md, "Texture"). With the colour costs then relative to the level, colder votes traded PSNR for SWD along one
-# front (0.3 on 30 photos: -0.05 dB, SWD -6 %); coarser levels keep winner-take-all votes, so the structure they hand
-# down stays crisp: a weighted mean there too scored lower on both PSNR and SWD.
+# colour differences do. Where the patches agree the texture stays as copied; where they disagree the mean hedges,
+# which is what makes the fill more faithful than a copy. Coarser levels keep winner-take-all votes, so the structure
+# they hand down stays crisp (docs/texture_experiments.md).
 VOTE_TEMPERATURE = 0.4
 # The weighted vote computes its weights in float64, relative to the level's cheapest patch, so that every
 # voter's covering patches keep their exact relative weights; costs beyond this many temperatures above the
@@ -112,20 +110,16 @@ VOTE_TEMPERATURE = 0.4
 VOTE_WEIGHT_FLOOR = 700.0
 # The weighted vote's similarity is absolute (as in the `pypatchmatch` package's vote): a patch whose values differ
 # from the fill's by this much (RMS, on [0, 1]) weighs 1/e of an exact match, whether the level is smooth or busy.
-# Against weights relative to the level's VOTE_QUANTILE, on the 100 validation photos at 0-30 % holes: 0.06 kept
-# the PSNR and lowered SWD 2-3 %; this value buys back the PSNR the seamless structure correction costs (below).
 VOTE_COLOUR_SCALE = 0.09
 # The copy's low frequencies move to the guide's (a Gaussian of this sigma, in full-resolution pixels, of their
-# difference): at that scale the network's prediction is closer to the photo than any copied patch (PSNR +0.1-0.2
-# dB on 30 validation photos), and the texture bands the SWD compares barely move (+1-4 %; sigma 6 moved them
-# +3-5 % more for +0.05 dB). Made seamless (`_correct_structure`) it costs up to 0.06 dB at 0-30 % holes on the
-# 100 validation photos, and a hole no longer shows its outline where the network disagrees with the copy (the
-# README's astronaut: a light rectangle around the removed badge).
-STRUCTURE_CORRECTION_SIGMA = 8.0
+# difference): at that scale the network's prediction is closer to the photo than any copied patch; it gives back
+# the PSNR that the sharper vote (CONFIDENCE_WEIGHT) costs. Blended in seamlessly (`_correct_structure`), so a
+# network that disagrees with the copy shows no outline of the hole.
+STRUCTURE_CORRECTION_SIGMA = 5.0
 # Working region: the hole's bounding box grown by MARGIN_FRACTION of its longer side (at least
 # MIN_MARGIN_PATCHES patches); sources come from there. The pipeline cuts a photo's distant holes apart with the
-# same margins (`MEDImageProcessor.texture_regions`). Half the hole's size scored as well as the whole on the
-# validation photos (PSNR 0.0-0.3 dB better, SWD within 3 %) and searches a quarter of the area.
+# same margins (`MEDImageProcessor.texture_regions`). Half the hole's size scores as well as the whole photo and
+# searches a quarter of the area (docs/texture_experiments.md).
 MARGIN_FRACTION = 0.5
 MIN_MARGIN_PATCHES = 8
 # Value of a sample that has neither a known pixel nor a guide.

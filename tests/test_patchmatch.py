@@ -15,6 +15,8 @@ from med_hf.patchmatch import exemplar_fill, exemplar_fill_with_field
 
 RED = torch.tensor([0.9, 0.1, 0.1])
 BLUE = torch.tensor([0.1, 0.1, 0.9])
+SKY_MEAN = torch.tensor([0.45, 0.55, 0.85])[:, None, None]
+GRASS_MEAN = torch.tensor([0.25, 0.58, 0.15])[:, None, None]
 
 
 def textured_image(height: int = 48, width: int = 48, seed: int = 0) -> torch.Tensor:
@@ -179,6 +181,52 @@ def test_guide_steers_the_fill():
     assert redness(unguided, top, right) < 0.1 and redness(unguided, bottom, left) > 0.9
 
 
+def sky_and_grass(size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """Object removal in miniature: smooth blue sky above a horizon, fine green grass below, and the hole of an
+    object standing on the horizon (an upright ellipse, dilated like a brush stroke, reaching 14 px either side)."""
+    horizon = size // 2
+    rows, columns = torch.arange(size)[:, None].float(), torch.arange(size)[None, :].float()
+    flat = torch.zeros(size, size)
+    sky = torch.stack([0.35 + 0.002 * rows + flat, 0.55 + flat, 0.9 - 0.001 * rows + flat])
+    blades = torch.rand(1, size, size, generator=seeded(11))
+    grass = torch.stack([0.15 + 0.2 * blades[0], 0.35 + 0.45 * blades[0], 0.1 + 0.1 * blades[0]])
+    image = torch.where(rows < horizon, sky, grass)
+    hole = ((rows - horizon) / 16) ** 2 + ((columns - size / 2) / 11) ** 2 <= 1
+    return image[None].clamp(0, 1), hole[None, None]
+
+
+@pytest.mark.parametrize("guide_kind", ["none", "sharp", "blur"])
+def test_object_on_the_horizon_is_filled_with_each_side_s_texture(guide_kind):
+    """Above the horizon the hole becomes smooth sky, below it grass with the grass's grain; never a colour of the
+    other side. Holds unguided, with a guide that knows the split, and with a guide that is one blurred mean colour
+    over the whole hole (what a network predicts where it does not know): the known pixels around decide."""
+    image, hole = sky_and_grass()
+    size, horizon = image.shape[-1], image.shape[-1] // 2
+    guide = None
+    if guide_kind == "sharp":
+        guide = torch.where(hole, torch.where(torch.arange(size)[:, None] < horizon, SKY_MEAN, GRASS_MEAN), image)
+    elif guide_kind == "blur":
+        guide = torch.where(hole, (SKY_MEAN + GRASS_MEAN) / 2, image)
+    fill, sources = exemplar_fill_with_field(image, hole, guide, generator=seeded())
+    assert_sources_valid(sources, hole, 7)
+    assert torch.equal(fill, exemplar_fill(image, hole, guide, generator=seeded()))
+    columns = slice(size // 2 - 6, size // 2 + 6)
+    sky_part, grass_part = (
+        fill[0, :, horizon - 14 : horizon - 4, columns],
+        fill[0, :, horizon + 4 : horizon + 14, columns],
+    )
+
+    # Each pixel is nearer its own side's colour than the other side's (a wrong guide may tint, never swap).
+    def nearer_sky(part: torch.Tensor) -> torch.Tensor:
+        return (part - SKY_MEAN).norm(dim=0) < (part - GRASS_MEAN).norm(dim=0)
+
+    assert bool(nearer_sky(sky_part).all()), "a grass pixel above the horizon"
+    assert not bool(nearer_sky(grass_part).any()), "a sky pixel below the horizon"
+    known_grain = image[0, 1, horizon + 4 :, : size // 4].std()
+    assert float(sky_part[1].std()) < 0.02
+    assert 0.75 * known_grain < float(grass_part[1].std()) < 1.25 * known_grain, "the grass lost (or gained) its grain"
+
+
 def test_guidance_weight_zero_ignores_the_guide_structure():
     image, hole, guide = two_colour_scene(48)
     weighted = exemplar_fill(image, hole, guide, guidance_weight=1.0, generator=seeded())
@@ -215,12 +263,21 @@ def test_structure_correction_has_no_seam():
     # A fill that already continues the known pixels: only the correction differs from it.
     correction = patchmatch._correct_structure(level, image, 1.0) - image
     assert torch.equal(correction[:, known], torch.zeros_like(correction[:, known]))
-    edge = torch.zeros_like(known)
-    edge[16:48, 16:48] = True
-    edge[17:47, 17:47] = False
     centre = float(correction[:, 28:36, 28:36].mean())
     assert centre > 0.1
-    assert float(correction[:, edge].abs().max()) < 0.15 * centre
+    # Walking in from each side through the middle of the hole, the correction starts as a ramp from 0: the step
+    # from the last known pixel to the first hole pixel is no larger than the next one (no jump, no outline).
+    inward = {
+        "left": correction[:, 32, 15:20],
+        "right": correction[:, 32, 44:49].flip(-1),
+        "top": correction[:, 15:20, 32],
+        "bottom": correction[:, 44:49, 32].flip(-1),
+    }
+    for side, profile in inward.items():
+        steps = profile.mean(0).diff()
+        assert float(profile[:, 0].abs().max()) == 0.0, side
+        assert 0 < float(steps[0]) <= 1.1 * float(steps[1]), (side, steps)
+        assert float(profile[:, 1].abs().max()) < 0.2 * centre, side
 
 
 def random_level_and_field(seed: int) -> tuple[patchmatch._Level, patchmatch._Field, torch.Tensor]:
