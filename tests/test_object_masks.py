@@ -175,3 +175,35 @@ def test_shared_object_set():
     removable = [path for path in list_images(val) if own_object(SHARED_SEGMENTATIONS / "val", path.stem) is not None]
     assert len(removable) >= 8
     assert protocol_image(removable[0]).shape == (256, 256, 3)
+
+
+@pytest.mark.slow
+def test_removal_figures_script(tmp_path: Path, segmentations: Path):
+    """training/removal_figures.py on photos with their own objects: the full-resolution figure (one row per photo,
+    five columns) and, for a blind comparison, the four fills shuffled with their key."""
+    import runpy
+    import sys
+
+    pytest.importorskip("patchmatch", reason="the pypatchmatch column needs the pypatchmatch package")
+    val_dir = tmp_path / "val"
+    val_dir.mkdir()
+    for photo in ("1", "2", "4"):
+        Image.fromarray(smooth_image(int(photo), 256, 300)).save(val_dir / f"{photo}.png")
+    output, blind = tmp_path / "figures", tmp_path / "blind"
+    argv = ["removal_figures.py", "--val_dir", str(val_dir), "--segmentation_dir", str(segmentations)]
+    argv += ["--output_dir", str(output), "--count", "2", "--skip", "1", "--blind_dir", str(blind)]
+    old_argv, sys.argv = sys.argv, argv
+    try:
+        runpy.run_path(str(REPO_ROOT / "training" / "removal_figures.py"), run_name="__main__")
+    finally:
+        sys.argv = old_argv
+    # Photo "1" has a 3 % object (the first that qualifies, skipped), "2" and "4" objects of 13 %.
+    assert sorted(path.name for path in blind.iterdir()) == ["2", "4"]
+    key = json.loads((blind / "4" / "key.json").read_text())
+    assert sorted(key.values()) == sorted(["default", "pypatchmatch", 'smooth (texture="none")', "Telea"])
+    with Image.open(blind / "4" / "input.png") as shown, Image.open(output / "removal_examples.png") as figure:
+        assert shown.size == (300, 256)
+        assert figure.width >= 5 * 300 and figure.height >= 2 * 256
+    hole = own_object(segmentations, "4")
+    with Image.open(val_dir / "4.png") as photo, Image.open(blind / "4" / "A.png") as fill:
+        assert np.array_equal(np.asarray(fill)[~hole], np.asarray(photo)[~hole])  # only the hole changes

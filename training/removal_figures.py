@@ -58,13 +58,18 @@ def fill_methods(pipe: MEDInpaintPipeline) -> dict[str, Callable[[np.ndarray, np
     }
 
 
-def removal_cases(val_dir: Path, segmentation_dir: Path, count: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(photo id, photo uint8, hole) for the first ``count`` val photos (in name order) that have an object to
-    remove."""
+def removal_cases(
+    val_dir: Path, segmentation_dir: Path, count: int, skip: int = 0
+) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(photo id, photo uint8, hole) for ``count`` val photos (in name order) that have an object to remove, after
+    the first ``skip`` of them."""
     cases = []
     for path in list_images(val_dir):
         hole = own_object(segmentation_dir, path.stem)
         if hole is None:
+            continue
+        if skip > 0:
+            skip -= 1
             continue
         with Image.open(path) as image:
             photo = np.asarray(image.convert("RGB"))
@@ -115,14 +120,19 @@ def main() -> None:
     parser.add_argument("--output_dir", type=Path, required=True)
     parser.add_argument("--model", help="model folder or Hub repo id (default: the shipped default model)")
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="how many photos")
+    parser.add_argument("--skip", type=int, default=0, help="leave out the first N photos that qualify")
     parser.add_argument("--blind_dir", type=Path, help="also write shuffled fills here for a blind comparison")
     parser.add_argument("--seed", type=int, default=0, help="seeds the blind order")
     args = parser.parse_args()
+    if args.count < 1 or args.skip < 0:
+        parser.error("--count must be at least 1 and --skip at least 0")
+    cases = removal_cases(args.val_dir, args.segmentation_dir, args.count, args.skip)
+    if not cases:
+        parser.error(f"no photo of {args.val_dir} has an object to remove in {args.segmentation_dir}")
 
     pipe = MEDInpaintPipeline.from_pretrained(args.model) if args.model else MEDInpaintPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
     methods = fill_methods(pipe)
-    cases = removal_cases(args.val_dir, args.segmentation_dir, args.count)
     rng = np.random.default_rng(args.seed)
     rows = []
     for photo_id, photo, hole in cases:
