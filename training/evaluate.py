@@ -14,6 +14,12 @@ project installed (``pip install -e ".[train]"``), the data beside the checkout 
         --val_dir ../shared/data/bsds500/val --mask_dir ../shared/data/masks/irregular \\
         --model medfe=outputs/medfe-bsds --output_dir outputs/evaluation/medfe --save_images 8
 
+    # Object-shaped holes (shapes of the train photos' human segmentations on the val photos, 3 buckets):
+    python training/evaluate.py \\
+        --val_dir ../shared/data/bsds500/val --masks objects \\
+        --segmentation_dir ../shared/data/bsds500/segmentations/train \\
+        --model default=med_hf/default_model --baselines telea,pypatchmatch --output_dir outputs/evaluation/objects
+
 Outputs in ``--output_dir``: ``report.json`` (everything), ``report.md`` (the Markdown table, ready for the
 README), ``metrics.png`` (metrics against hole ratio) and, with ``--save_images``, ``examples.png``. Every
 file is written to a temporary file first and renamed, so an interrupted run never leaves a half-written one.
