@@ -7,7 +7,9 @@ from transformers import PreTrainedConfig
 FEATURE_MASK_MODES = ("released", "nearest")
 PARTIAL_CONV_RENORM_MODES = ("released", "valid_ratio")
 EQUALIZATION_LAYOUTS = ("released", "spatial")
-HOLE_PRIORS = ("none", "harmonic")
+# "harmonic" is the approximate membrane the default model was trained with (`harmonic.push_pull_fill`); it keeps
+# that meaning so that saved models keep their outputs. "exact_harmonic" is the converged one (`harmonic_fill`).
+HOLE_PRIORS = ("none", "harmonic", "exact_harmonic")
 PARTIAL_CONV_IMPLEMENTATIONS = ("winograd", "direct")
 
 # The released bugs fixed; what new models are trained with.
@@ -66,9 +68,8 @@ class MEDConfig(PreTrainedConfig):
     (Q1-Q18), whether it is mirrored or fixed, and the option that selects it.
 
     `refinement_channels > 0` adds a component that is not in the paper: a full-resolution refinement head (see
-    `MEDRefinementHead`). With `hole_prior="harmonic"` the head also receives a harmonic (membrane) fill of the
-    hole and blends it with the decoder's image through a learned per-pixel gate. The released architecture has
-    neither.
+    `MEDRefinementHead`). With a `hole_prior` the head also receives a smooth membrane fill of the hole and blends it
+    with the decoder's image through a learned per-pixel gate. The released architecture has neither.
 
     `partial_conv_implementation` only chooses how the filling streams' convolutions are computed, not what they
     compute: `"winograd"` (default; the filling streams run about 2.3x faster on CPU, with float32 rounding a few
@@ -114,8 +115,13 @@ class MEDConfig(PreTrainedConfig):
         refinement_channels (`int`, *optional*, defaults to 0):
             Width of the full-resolution refinement head; 0 (the released architecture) leaves it out.
         hole_prior (`str`, *optional*, defaults to `"none"`):
-            `"harmonic"` gives the refinement head a smooth harmonic fill of the hole to blend with the decoder's
-            image (needs `refinement_channels > 0`); `"none"` leaves it out.
+            The smooth fill of the hole the refinement head blends with the decoder's image (needs
+            `refinement_channels > 0`): `"harmonic"` the approximate membrane of `harmonic.push_pull_fill` (a
+            pyramid and a few Jacobi sweeps; off by up to about 10 % of the boundary values' range), which the
+            shipped default model and every model saved before `"exact_harmonic"` existed were trained with and
+            keep; `"exact_harmonic"` the converged membrane of `harmonic.harmonic_fill` (the discrete Laplace
+            equation solved to far below one 8-bit level), for new models; `"none"` leaves it out. A model reads
+            the fill it was trained with: the two are not interchangeable.
         partial_conv_implementation (`str`, *optional*, defaults to `"winograd"`):
             `"winograd"` or `"direct"`, see above. Weights do not depend on it.
 

@@ -777,7 +777,8 @@ def composite(original: np.ndarray, prediction: np.ndarray, mask: np.ndarray, bl
     rounded and clipped for integers (16-bit and mode "I" on the 0..65535 scale, i.e. 8-bit values times 257),
     reduced to ITU-R 601-2 luma for greyscale like PIL's `convert("L")`. An alpha channel is kept outside the
     mask; inside it, where the old alpha would carry what the mask hides, it is filled smoothly from the known
-    alpha around the hole (`harmonic_fill`; fully opaque when nothing around it is known).
+    alpha around the hole (the membrane of `harmonic_fill`, which continues a ramp exactly; fully opaque when nothing
+    around it is known).
 
     With `blur > 0` the prediction also blends into the surroundings: pixels up to `blur` pixels (rounded up)
     from the mask, per axis, so within a square of that half-width, then change as well, weighted by a
@@ -820,13 +821,15 @@ def composite(original: np.ndarray, prediction: np.ndarray, mask: np.ndarray, bl
     else:
         pixels[target] = np.where(mask[region][..., None], _from_float(predicted, color.dtype), color)
     if pixels.shape[-1] in (2, 4):
-        alpha = region + (-1,)
-        pixels[alpha] = _fill_alpha(pixels[alpha], mask[region])
+        # The membrane's boundary values are the known alpha around the hole: its box grown by a pixel holds them.
+        around = _hole_region(mask, 1)
+        pixels[around + (-1,)] = _fill_alpha(pixels[around + (-1,)], mask[around])
     return result
 
 
 def _fill_alpha(alpha: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """`alpha` (h, w) with its hole pixels replaced by a harmonic fill of the known ones, in its own dtype."""
+    """`alpha` (h, w) with its hole pixels replaced by the harmonic fill of the known ones (`harmonic_fill`, exact
+    to a fraction of a level), in its own dtype; fully opaque when no pixel of `alpha` is known."""
     if hole.all():
         return np.full_like(alpha, _max_value(alpha.dtype))
     filled = harmonic_fill(

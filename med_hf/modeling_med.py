@@ -31,7 +31,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_med import MEDConfig
-from .harmonic import harmonic_fill
+from .harmonic import harmonic_fill, push_pull_fill
 from .winograd import MAX_KERNEL_SIZE, transform_kernel, winograd_conv2d, winograd_plan
 
 # Spatial reduction between the image and the grid on which features are filled and equalised.
@@ -528,6 +528,10 @@ class MEDZeroConv2d(nn.Conv2d):
     """A convolution that `_init_weights` starts at zero: the last layer of a residual branch."""
 
 
+# The fill each `MEDConfig.hole_prior` gives the refinement head.
+_HOLE_PRIOR_FILLS = {"harmonic": push_pull_fill, "exact_harmonic": harmonic_fill}
+
+
 class MEDRefinementHead(nn.Module):
     """Full-resolution correction of the decoder output (not in the paper).
 
@@ -537,10 +541,11 @@ class MEDRefinementHead(nn.Module):
     correction to the decoder's pre-tanh output. The correction starts at zero, so adding the head to a trained
     model leaves its output unchanged until the head is trained.
 
-    With `config.hole_prior == "harmonic"` the head also reads a harmonic fill of the hole (`harmonic_fill`) and
-    returns a per-pixel blend `gate * image + (1 - gate) * prior`, the gate predicted by the head. Smooth fills
-    score well near the hole boundary and in flat regions, the decoder where there is structure to continue;
-    the gate learns which is which. Its convolution starts at zero (gate 0.5, an even blend).
+    With a `config.hole_prior` the head also reads a smooth membrane fill of the hole (`"harmonic"`: the approximate
+    `push_pull_fill`; `"exact_harmonic"`: the converged `harmonic_fill`) and returns a per-pixel blend
+    `gate * image + (1 - gate) * prior`, the gate predicted by the head. Smooth fills score well near the hole
+    boundary and in flat regions, the decoder where there is structure to continue; the gate learns which is which.
+    Its convolution starts at zero (gate 0.5, an even blend).
     """
 
     def __init__(self, config: MEDConfig):
@@ -549,7 +554,8 @@ class MEDRefinementHead(nn.Module):
         self.conv_in = nn.Conv2d(2 * channels + 1, width, 3, padding=1)
         self.conv_mid = nn.Conv2d(width, width, 3, padding=2, dilation=2)
         self.conv_out = MEDZeroConv2d(width, channels, 3, padding=1)
-        uses_prior = config.hole_prior == "harmonic"
+        self.prior_fill = _HOLE_PRIOR_FILLS.get(config.hole_prior)
+        uses_prior = self.prior_fill is not None
         # Zero-initialised too, so the prior can be added to a trained head without changing its features.
         self.prior_in = MEDZeroConv2d(channels, width, 3, padding=1) if uses_prior else None
         self.gate_out = MEDZeroConv2d(width, 1, 3, padding=1) if uses_prior else None
@@ -563,7 +569,7 @@ class MEDRefinementHead(nn.Module):
         hidden = self.conv_in(torch.cat([torch.tanh(logits), filled, hole], dim=1))
         prior = None
         if self.prior_in is not None:
-            prior = harmonic_fill(filled, hole)
+            prior = self.prior_fill(filled, hole)
             hidden = hidden + self.prior_in(prior)
         hidden = F.leaky_relu(hidden, self.slope)
         hidden = F.leaky_relu(self.conv_mid(hidden), self.slope)

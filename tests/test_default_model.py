@@ -13,6 +13,7 @@ from PIL import Image, ImageDraw
 from safetensors.torch import load_file
 
 from med_hf import MEDInpaintPipeline
+from med_hf.harmonic import push_pull_fill
 from med_hf.modeling_med import DEFAULT_MODEL_DIR
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -55,6 +56,12 @@ def test_pipeline_without_argument_loads_the_shipped_model(pipe):
     )
     assert all(parameter.dtype == torch.float32 for parameter in pipe.model.parameters())
     assert not pipe.model.training
+
+
+def test_its_hole_prior_is_the_fill_it_was_trained_with(pipe):
+    # The approximate push-pull membrane, bit for bit: its published numbers were measured with it.
+    assert pipe.model.config.hole_prior == "harmonic"
+    assert pipe.model.refinement.prior_fill is push_pull_fill
 
 
 def test_it_fills_a_hole_in_a_real_photo_better_than_the_mean_colour(pipe):

@@ -255,6 +255,16 @@ def test_a_bad_hub_model_id_is_refused_before_training(tmp_path, capsys):
     assert "--hub_model_id" in capsys.readouterr().err
 
 
+def test_every_hole_prior_of_the_config_is_a_choice(tmp_path):
+    from med_hf.configuration_med import HOLE_PRIORS
+
+    train = load_script(TRAIN)
+    common = ["--train_data_dir", str(tmp_path), "--output_dir", str(tmp_path), "--refinement_channels", "4"]
+    assert "exact_harmonic" in HOLE_PRIORS
+    for prior in HOLE_PRIORS:
+        assert train.parse_args([*common, "--hole_prior", prior]).hole_prior == prior
+
+
 # --- validation through the pipeline -------------------------------------------------------------------------
 
 

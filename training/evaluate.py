@@ -104,7 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--baselines",
         default="telea,ns",
         help=f"Comma-separated classical baselines among {sorted(CLASSICAL_BASELINES)}, or 'none'. The protocol's "
-        "reference table has telea and ns; harmonic is the smooth prior of the default model; patchmatch is the "
+        "reference table has telea and ns; harmonic is the exact membrane fill (the default model's prior is its "
+        "push-pull approximation); patchmatch is the "
         "texture stage with the guidance off (plain PatchMatch); pypatchmatch is the compiled pypatchmatch package.",
     )
     parser.add_argument(

@@ -116,7 +116,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--refinement_channels", type=int,
                        help="add (or resize) the full-resolution refinement head; default: as configured")  # fmt: skip
     model.add_argument("--hole_prior", choices=HOLE_PRIORS,
-                       help="harmonic: the refinement head blends in a harmonic fill of the hole")  # fmt: skip
+                       help="the smooth fill of the hole the refinement head blends in: harmonic = the approximate "
+                            "push-pull membrane the default model was trained with, exact_harmonic = the converged "
+                            "membrane (new models)")  # fmt: skip
 
     loss = parser.add_argument_group("losses (defaults: the released recipe)")
     loss.add_argument("--l1_weight", type=float, default=1.0)

@@ -29,9 +29,10 @@ def navier_stokes(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
 
 
 def harmonic(image: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Harmonic (membrane) interpolation: the smooth fill that the default model's refinement head blends in.
+    """Harmonic (membrane) interpolation: the discrete Laplace equation solved in the hole (`harmonic_fill`).
 
-    Not in the protocol's reference table; evaluating it shows what the network adds to its smooth prior.
+    Not in the protocol's reference table. The default model's refinement head blends in an approximation of it
+    (`push_pull_fill`, `hole_prior="harmonic"`); evaluating it shows what the network adds to a smooth fill.
     """
     from ..harmonic import harmonic_fill
 

@@ -118,6 +118,13 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     return target
 
 
+# The words for each `MEDConfig.hole_prior`; "harmonic" keeps those the default model's card was written with.
+_PRIOR_DESCRIPTIONS = {
+    "harmonic": " blending in a harmonic fill of the hole through a learned gate",
+    "exact_harmonic": " blending in an exact harmonic (membrane) fill of the hole through a learned gate",
+}
+
+
 def _model_details(config: MEDConfig) -> str:
     variants = (
         "all quirks of the released code mirrored (weight-compatible with the original checkpoints)"
@@ -133,7 +140,7 @@ def _model_details(config: MEDConfig) -> str:
         f"- Working resolution: {config.image_size}x{config.image_size} (any multiple of 64 runs).",
     ]
     if config.refinement_channels:
-        prior = " blending in a harmonic fill of the hole through a learned gate" if config.hole_prior != "none" else ""
+        prior = _PRIOR_DESCRIPTIONS.get(config.hole_prior, "")
         lines.insert(
             2, f"- Full-resolution refinement head (not in the paper): {config.refinement_channels} channels{prior}."
         )
