@@ -100,9 +100,8 @@ def _solve(values: torch.Tensor, free: torch.Tensor, tolerance: float, max_itera
     grids = _grids(free.to(values.dtype))
     finest = grids[0]
     solution = _start(values, finest.free, len(grids))
-    known = ~free
-    largest = torch.where(known, values, -torch.inf).amax((2, 3), keepdim=True)
-    smallest = torch.where(known, values, torch.inf).amin((2, 3), keepdim=True)
+    # The start fills the hole with weighted means of known values: its extremes are those of the known values.
+    largest, smallest = solution.amax((2, 3), keepdim=True), solution.amin((2, 3), keepdim=True)
     # The floor keeps a constant boundary (range 0) from asking for more than float rounding can give.
     scale = torch.maximum(largest.abs(), smallest.abs())
     allowed = tolerance * (largest - smallest) + 64 * torch.finfo(values.dtype).eps * scale
@@ -200,13 +199,15 @@ class _Grid:
         """The Cholesky factor (B, h * w, h * w) of `A` as a dense matrix (identity rows on the known cells)."""
         left, right = F.pad(self.across, (1, 0)), F.pad(self.across, (0, 1))
         up, down = F.pad(self.along, (0, 0, 1, 0)), F.pad(self.along, (0, 0, 0, 1))
-        diagonal = torch.where(self.free > 0, self.ground + left + right + up + down, 1)
-        matrix = torch.diag_embed(diagonal.flatten(1))
+        diagonal = torch.where(self.free > 0, self.ground + left + right + up + down, 1).flatten(1)
+        matrix = diagonal.new_zeros(diagonal.shape + diagonal.shape[-1:])
+        matrix.diagonal(dim1=1, dim2=2).copy_(diagonal)
         # Horizontal neighbours are one apart in the flattened grid (no edge across a row's end), vertical ones a
         # row apart.
         for weights, offset in ((right.flatten(1)[:, :-1], 1), (self.along.flatten(1), self.shape[1])):
             if weights.shape[1]:
-                matrix = matrix - torch.diag_embed(weights, offset) - torch.diag_embed(weights, -offset)
+                matrix.diagonal(offset, 1, 2).copy_(-weights)
+                matrix.diagonal(-offset, 1, 2).copy_(-weights)
         return torch.linalg.cholesky(matrix)
 
 
